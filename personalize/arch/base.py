@@ -1,0 +1,117 @@
+"""One definition per architecture: config -> compiled-in config, parameter list, name mapping.
+
+The converter (quantize/, via `source_params`) and the compiler (personalize.library, via
+`LibraryConfig`) both derive from this, so the artifact and the library cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantize.spec import SourceParam
+
+
+class ArchitectureError(ValueError):
+    """The model's config cannot be expressed by a supported architecture."""
+
+    def __init__(self, message: str, path: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    """What is baked into a compiled library, plus MLC's `model_config` for mlc-chat-config.json.
+
+    `model_config` holds MLC's dataclass fields in MLC's declaration order (what gen_config
+    writes); `compiled` holds the subset our library bakes in and that keys the library cache.
+    """
+
+    model_type: str
+    model_config: dict[str, Any]
+    compiled: dict[str, Any]
+    symbolic_vocab: bool
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model_config["vocab_size"])
+
+    @property
+    def context_window_size(self) -> int:
+        return int(self.model_config.get("context_window_size", -1))
+
+    @property
+    def prefill_chunk_size(self) -> int:
+        return int(self.model_config.get("prefill_chunk_size", -1))
+
+
+def library_key(config: LibraryConfig, quantization: str) -> str:
+    """Hash of (model_type, compiled-in config, quantization): equal for every fine-tune of a base."""
+    doc = {"model_type": config.model_type, "compiled": config.compiled, "quantization": quantization}
+    canon = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def rope_from_hf(hf: dict[str, Any]) -> tuple[float | int, dict[str, Any] | None]:
+    """(theta, rope_scaling) from either the transformers<5 or the transformers>=5 layout.
+
+    transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` and no top-level
+    `rope_theta`; reading only the old key would silently compile theta=10000 (MLC's llama
+    loader does exactly that), so both layouts are read here.
+    """
+    params = hf.get("rope_parameters") or {}
+    theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or None
+    if scaling is None and params.get("rope_type", "default") not in ("default", None):
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if scaling is not None:
+        scaling = dict(scaling)
+        if "rope_type" not in scaling and "type" in scaling:
+            scaling["rope_type"] = scaling.pop("type")
+        if scaling.get("rope_type") in (None, "default"):
+            scaling = None
+    return theta, scaling
+
+
+def context_window(hf: dict[str, Any], path: str) -> int:
+    for key in ("context_window_size", "max_position_embeddings", "max_sequence_length"):
+        if hf.get(key):
+            return int(hf[key])
+    raise ArchitectureError(
+        "config.json gives no maximum sequence length",
+        path=path,
+        hint="add max_position_embeddings to config.json",
+    )
+
+
+def require(hf: dict[str, Any], keys: list[str], path: str) -> None:
+    missing = [k for k in keys if hf.get(k) is None]
+    if missing:
+        raise ArchitectureError(
+            f"config.json lacks {', '.join(missing)}",
+            path=path,
+            hint="use the config.json the model was trained with",
+        )
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Base class: subclasses define `library_config` and `source_params`."""
+
+    model_type: str
+    hf_architectures: tuple[str, ...] = field(default=())
+
+    def library_config(self, hf: dict[str, Any], path: str = "config.json") -> LibraryConfig:
+        raise NotImplementedError
+
+    def source_params(self, config: LibraryConfig) -> list[SourceParam]:
+        raise NotImplementedError
+
+    def unused_hf_names(self, config: LibraryConfig) -> set[str]:
+        """HF tensors that are known and deliberately not used (not warned about)."""
+        n = config.model_config["num_hidden_layers"]
+        return {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(n)}
