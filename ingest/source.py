@@ -1,0 +1,85 @@
+"""What the user pointed at: a full HF model directory, a PEFT adapter directory, or hf://ORG/NAME."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import IngestError
+from .weights import WeightReader
+
+SourceKind = Literal["model", "adapter"]
+
+TOKENIZER_FILES = (
+    "tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
+    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+    "generation_config.json",
+)
+
+
+def detect_kind(path: Path) -> SourceKind:
+    if not path.exists():
+        raise IngestError(f"{path} does not exist", path=path, hint="check the path")
+    if not path.is_dir():
+        raise IngestError(f"{path} is not a directory", path=path,
+                          hint="pass the directory that holds config.json (or adapter_config.json)")
+    if (path / "adapter_config.json").is_file():
+        return "adapter"
+    if (path / "config.json").is_file():
+        return "model"
+    raise IngestError("config.json is missing", path=path / "config.json",
+                      hint="point at a directory written by save_pretrained (config.json + weights), "
+                           "or at a PEFT adapter directory (adapter_config.json)")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise IngestError(f"{path.name} is missing", path=path, hint="save the model again with save_pretrained") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IngestError(f"{path.name} is not valid JSON ({exc})", path=path,
+                          hint="repair or re-save the file") from exc
+    if not isinstance(doc, dict):
+        raise IngestError(f"{path.name} is not a JSON object", path=path, hint="repair or re-save the file")
+    return doc
+
+
+def config_sha256(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class ModelDir:
+    """A full model: its config, lazily readable weights and tokenizer files."""
+
+    path: Path
+    config: dict
+    weights: WeightReader
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    def tokenizer_files(self) -> list[Path]:
+        return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
+
+
+def open_model_dir(path: Path) -> ModelDir:
+    path = Path(path)
+    if detect_kind(path) != "model":
+        raise IngestError(f"{path} is a PEFT adapter, not a full model", path=path,
+                          hint="pass it as the SOURCE of `personalize add` with --base")
+    config = read_json(path / "config.json")
+    # Multimodal/nested configs keep the language model under text_config.
+    if "model_type" not in config:
+        raise IngestError("config.json has no model_type", path=path / "config.json",
+                          hint="use the config.json written by transformers")
+    return ModelDir(path=path, config=config, weights=WeightReader(path))

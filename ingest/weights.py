@@ -1,0 +1,249 @@
+"""Lazy access to HF weight files: safetensors (single or sharded) and torch .bin (weights_only).
+
+Nothing is read until a tensor is asked for; shapes and dtypes come from the file headers, so a
+whole model can be validated before a single weight byte is touched. Each request opens the file
+it needs and closes it again: the mapping is dropped right away, so resident memory follows the
+tensors in flight, not the size of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from .errors import IngestError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+TORCH_SINGLE = "pytorch_model.bin"
+
+# safetensors dtype tag -> numpy dtype (bf16 as ml_dtypes so bits are never reinterpreted)
+SAFETENSORS_DTYPES = {
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+FLOAT_DTYPES = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
+
+CORRUPT_HINT = "the file is truncated or corrupt: download or save the checkpoint again"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    file: Path
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def find_weight_files(model_dir: Path) -> tuple[str, list[Path], Path | None]:
+    """(format, files in index order, index path). safetensors is preferred over .bin when both exist."""
+    if (model_dir / SAFETENSORS_INDEX).is_file():
+        index = model_dir / SAFETENSORS_INDEX
+        return "safetensors", _files_from_index(index), index
+    if (model_dir / SAFETENSORS_SINGLE).is_file():
+        return "safetensors", [model_dir / SAFETENSORS_SINGLE], None
+    if (model_dir / TORCH_INDEX).is_file():
+        index = model_dir / TORCH_INDEX
+        return "torch", _files_from_index(index), index
+    if (model_dir / TORCH_SINGLE).is_file():
+        return "torch", [model_dir / TORCH_SINGLE], None
+    raise IngestError(
+        "no weights found (model.safetensors, model.safetensors.index.json, pytorch_model.bin)",
+        path=model_dir,
+        hint="point at the directory written by save_pretrained",
+    )
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IngestError(f"unreadable weight index: {exc}", path=index, hint=CORRUPT_HINT) from exc
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise IngestError("weight index has an empty weight_map", path=index, hint=CORRUPT_HINT)
+    return weight_map
+
+
+def _files_from_index(index: Path) -> list[Path]:
+    files: list[Path] = []
+    for file_name in _read_index(index).values():
+        path = index.parent / file_name
+        if path not in files:
+            files.append(path)
+    for path in files:
+        if not path.is_file():
+            raise IngestError(f"the index names a shard that is missing: {path.name}", path=path,
+                              hint=f"copy {path.name} next to {index.name} or fix the index")
+    return files
+
+
+def read_safetensors_header(path: Path) -> list[TensorInfo]:
+    """Parse the header (8-byte length + JSON) and check every tensor lies inside the file."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than its header")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, 100 * 2**20):
+                raise ValueError("header length exceeds the file")
+            header = json.loads(fh.read(length))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IngestError(f"not a valid safetensors file ({exc})", path=path, hint=CORRUPT_HINT) from exc
+    data_size = size - 8 - length
+    infos: list[TensorInfo] = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(meta.get("dtype"))
+        if dtype is None:
+            raise IngestError(f"tensor {name} has unsupported dtype {meta.get('dtype')}", path=path,
+                              hint="save the model in float32, float16 or bfloat16")
+        shape = tuple(int(d) for d in meta["shape"])
+        start, end = meta["data_offsets"]
+        if end > data_size or end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise IngestError(f"tensor {name} lies outside the file (truncated?)", path=path, hint=CORRUPT_HINT)
+        infos.append(TensorInfo(name, shape, dtype, path))
+    return infos
+
+
+class WeightReader:
+    """Every tensor of a checkpoint by name, in the loader order MLC uses (index/file order)."""
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = Path(model_dir)
+        self.format, self.files, self.index = find_weight_files(self.model_dir)
+        self.tensors: dict[str, TensorInfo] = {}
+        if self.format == "safetensors":
+            self._scan_safetensors()
+        else:
+            self._scan_torch()
+
+    # MLC's order: names grouped by file (files in order of first appearance in the index), and
+    # within a file in weight_map order; a single safetensors file uses safe_open().keys() (sorted).
+    def _scan_safetensors(self) -> None:
+        by_file: dict[Path, dict[str, TensorInfo]] = {}
+        for path in self.files:
+            by_file[path] = {info.name: info for info in read_safetensors_header(path)}
+        if self.index is not None:
+            for name, file_name in _read_index(self.index).items():
+                info = by_file[self.index.parent / file_name].get(name)
+                if info is None:
+                    raise IngestError(f"the index lists {name} but {file_name} does not contain it",
+                                      path=self.index.parent / file_name, hint=CORRUPT_HINT)
+                self.tensors[name] = info
+        else:
+            (path,) = self.files
+            for name in sorted(by_file[path]):
+                self.tensors[name] = by_file[path][name]
+        self._group_by_file()
+
+    def _scan_torch(self) -> None:
+        names_by_file: dict[Path, list[str]] | None = None
+        if self.index is not None:
+            names_by_file = {}
+            for name, file_name in _read_index(self.index).items():
+                names_by_file.setdefault(self.index.parent / file_name, []).append(name)
+        for path in self.files:
+            state = _torch_load(path)
+            order = names_by_file[path] if names_by_file is not None else list(state)
+            for name in order:
+                if name not in state:
+                    raise IngestError(f"the index lists {name} but {path.name} does not contain it", path=path,
+                                      hint=CORRUPT_HINT)
+                t = state[name]
+                self.tensors[name] = TensorInfo(name, tuple(t.shape), _torch_to_numpy_dtype(t.dtype, path, name), path)
+            del state
+        self._group_by_file()
+
+    def _group_by_file(self) -> None:
+        order: dict[Path, list[str]] = {}
+        for name, info in self.tensors.items():
+            order.setdefault(info.file, []).append(name)
+        self.file_order = order
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def read(self, names: list[str]) -> list[np.ndarray]:
+        """Read tensors (opening each needed file once), as numpy arrays in their stored dtype."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.tensors[name].file, []).append(name)
+        out: dict[str, np.ndarray] = {}
+        for path, file_names in by_file.items():
+            if self.format == "safetensors":
+                out.update(_read_safetensors(path, file_names))
+            else:
+                state = _torch_load(path)
+                for name in file_names:
+                    out[name] = _torch_to_numpy(state[name])
+                del state
+        return [out[n] for n in names]
+
+
+def _read_safetensors(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError, safe_open
+
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            for name in names:
+                out[name] = _torch_to_numpy(fh.get_tensor(name))
+    except SafetensorError as exc:
+        raise IngestError(f"cannot read {path.name}: {exc}", path=path, hint=CORRUPT_HINT) from exc
+    return out
+
+
+def _torch_load(path: Path) -> dict:
+    import torch
+
+    try:
+        # mmap: tensors are paged in only when read; weights_only: never run pickled code.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001
+            raise IngestError(f"cannot load {path.name}: {str(exc).splitlines()[0]}", path=path,
+                              hint=CORRUPT_HINT + " (only plain tensor state dicts are accepted)") from exc
+
+
+def _torch_to_numpy_dtype(dtype, path: Path, name: str) -> np.dtype:
+    import torch
+
+    table = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: ml_dtypes.bfloat16,
+             torch.float64: np.float64, torch.int64: np.int64, torch.int32: np.int32, torch.int8: np.int8,
+             torch.uint8: np.uint8, torch.bool: np.bool_}
+    if dtype not in table:
+        raise IngestError(f"tensor {name} has unsupported dtype {dtype}", path=path,
+                          hint="save the model in float32, float16 or bfloat16")
+    return np.dtype(table[dtype])
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()

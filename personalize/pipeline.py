@@ -1,0 +1,258 @@
+"""`personalize add`: ingest -> (merge) -> quantize -> write, into a temp dir renamed into place.
+
+The stages stream: one library parameter (its few HF source tensors) is in memory at a time, and
+each finished tensor goes straight into the shard writer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from artifacts.chat_config import build_chat_config, write_chat_config
+from artifacts.lineage import hash_file, write_lineage
+from artifacts.tensor_cache import TensorCacheWriter
+from ingest.errors import IngestError
+from ingest.source import ModelDir, config_sha256, open_model_dir
+from quantize import NonFiniteWeightError, get_scheme, library_params, quantize_param
+from quantize.spec import SourceParam
+from registry.store import Registry, check_name, staged_directory
+
+from .arch import Architecture, LibraryConfig, get_architecture, library_key
+from .ordering import counted_source_params, loading_order
+from .versions import tool_versions
+
+DEFAULT_QUANTIZATION = "q4f16_1"
+
+# Called as progress(bytes_done_delta, description) while converting.
+ProgressFn = Callable[[int, str], None]
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "merge": 0.0, "quantize": 0.0,
+                                                               "write": 0.0})
+
+    def time(self, stage: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[stage] += time.perf_counter() - self.t0
+
+        return _Span()
+
+
+@dataclass
+class ConversionPlan:
+    """Everything decided before a weight byte is read: arch, config, parameter lists, order."""
+
+    model: ModelDir
+    arch: Architecture
+    config: LibraryConfig
+    quantization: str
+    params: list[SourceParam]
+    order: list[SourceParam]
+
+    @property
+    def library_key(self) -> str:
+        return library_key(self.config, self.quantization)
+
+    @property
+    def source_bytes(self) -> int:
+        infos = self.model.weights.tensors
+        return sum(infos[s].nbytes for p in self.order for s in p.sources)
+
+
+def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None) -> ConversionPlan:
+    scheme = get_scheme(quantization)
+    hf_config = dict(model.config)
+    if config_override:
+        hf_config.update(config_override)
+    arch = get_architecture(hf_config.get("model_type"), path=str(model.config_path))
+    config = arch.library_config(hf_config, path=str(model.config_path))
+    params = arch.source_params(config)
+    check_sources(model, params)
+    library_params(params, scheme)  # raises early if the scheme cannot express a parameter
+    order = loading_order(params, model.weights.file_order)
+    return ConversionPlan(model, arch, config, scheme.name, params, order)
+
+
+def check_sources(model: ModelDir, params: list[SourceParam]) -> None:
+    """Every source tensor exists, is a float, and has the shape the architecture expects."""
+    infos = model.weights.tensors
+    for param in params:
+        rows = 0
+        for source in param.sources:
+            info = infos.get(source)
+            if info is None:
+                where = model.weights.index or model.weights.files[0]
+                raise IngestError(f"tensor {source} is missing from the weights", path=where,
+                                  hint="the checkpoint does not match config.json; re-save the model")
+            if info.dtype.kind not in "fV" or info.dtype.itemsize not in (2, 4):
+                raise IngestError(f"tensor {source} has dtype {info.dtype}, expected float32/float16/bfloat16",
+                                  path=info.file, hint="save the model in float32, float16 or bfloat16")
+            expected_tail = tuple(param.shape[1:])
+            if tuple(info.shape[1:]) != expected_tail or len(info.shape) != len(param.shape):
+                raise IngestError(
+                    f"tensor {source} has shape {list(info.shape)}, config.json implies "
+                    f"{[_source_rows(param, len(param.sources))] + list(expected_tail)}",
+                    path=info.file, hint="the weights do not match config.json; use the matching config")
+            rows += info.shape[0]
+        if rows != param.shape[0]:
+            raise IngestError(
+                f"tensor {param.sources[0]} has shape {list(infos[param.sources[0]].shape)}; config.json implies "
+                f"{param.shape[0] // len(param.sources) if len(param.sources) > 1 else param.shape[0]} rows "
+                f"for {param.name}", path=infos[param.sources[0]].file,
+                hint="the weights do not match config.json; use the matching config")
+
+
+def _source_rows(param: SourceParam, n: int) -> int:
+    return param.shape[0] // n if n > 1 else param.shape[0]
+
+
+# A merge step: (hf_name, base array) -> array (the adapter merge plugs in here).
+MergeFn = Callable[[str, np.ndarray], np.ndarray]
+
+
+def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progress: ProgressFn | None = None,
+                  merge: MergeFn | None = None) -> dict:
+    """Stream every parameter through read -> merge -> quantize -> shard writer. Returns the cache doc."""
+    scheme = get_scheme(plan.quantization)
+    writer = TensorCacheWriter(out_dir)
+    infos = plan.model.weights.tensors
+    out_bytes = 0
+    for param in plan.order:
+        with timer.time("read"):
+            arrays = plan.model.weights.read(list(param.sources))
+        if merge is not None:
+            with timer.time("merge"):
+                arrays = [merge(name, arr) for name, arr in zip(param.sources, arrays)]
+        with timer.time("quantize"):
+            weight = arrays[0] if len(arrays) == 1 else _concat_rows(arrays)
+            del arrays
+            try:
+                outputs = quantize_param(param, weight, scheme)
+            except NonFiniteWeightError as exc:
+                files = sorted({str(infos[s].file) for s in param.sources})
+                raise IngestError(f"{param.name} contains NaN or Inf values", path=files[0],
+                                  hint="the checkpoint is broken (diverged training?); use an earlier checkpoint"
+                                  ) from exc
+            del weight
+        with timer.time("write"):
+            for name, array in outputs:
+                writer.add(name, array)
+                out_bytes += array.nbytes
+        if progress:
+            progress(sum(infos[s].nbytes for s in param.sources), param.name)
+    sizes = {n: int(np.prod(i.shape, dtype=np.int64)) for n, i in infos.items()}
+    total_params = counted_source_params(plan.order, plan.model.weights.file_order, sizes,
+                                         plan.arch.unused_hf_names(plan.config))
+    metadata = {"ParamSize": len(library_params(plan.params, scheme)), "ParamBytes": float(out_bytes),
+                "BitsPerParam": out_bytes * 8.0 / max(total_params, 1)}
+    with timer.time("write"):
+        doc = writer.finish(metadata)
+    return {"doc": doc, "shard_hashes": dict(writer.file_hashes)}
+
+
+def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    dtypes = {a.dtype for a in arrays}
+    if len(dtypes) > 1:  # mixed source dtypes: concatenate in float32 (exact for every float input)
+        arrays = [a.astype(np.float32) for a in arrays]
+    return np.concatenate(arrays, axis=0)
+
+
+@dataclass
+class AddResult:
+    name: str | None
+    path: Path
+    lineage: dict[str, Any]
+
+
+def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, name: str | None = None,
+              output: Path | None = None, conv_template: str | None = None, force: bool = False,
+              registry: Registry | None = None, progress: ProgressFn | None = None,
+              progress_total: Callable[[int], None] | None = None,
+              source_record: dict | None = None) -> AddResult:
+    """Convert a full HF model directory into an artifact (in the registry, or at `output`)."""
+    t_start = time.perf_counter()
+    registry = registry or Registry()
+    model = open_model_dir(Path(source))
+    plan = plan_conversion(model, quantization)
+    if output is None:
+        name = check_name(name or default_name(model.path, quantization))
+        destination = registry.path(name)
+    else:
+        destination = Path(output)
+    if progress_total:
+        progress_total(plan.source_bytes)
+    timer = StageTimer()
+    with staged_directory(destination, force) as tmp:
+        weights = write_weights(plan, tmp, timer, progress)
+        with timer.time("write"):
+            chat_config, tokenizer_files = build_chat_config(
+                model_type=plan.config.model_type, quantization=plan.quantization,
+                model_config=plan.config.model_config, source_dir=model.path, conv_template=conv_template)
+            write_chat_config(tmp, chat_config)
+            for path in tokenizer_files:
+                shutil.copyfile(path, tmp / path.name)
+        lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
+                                source_record=source_record)
+        lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
+        lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
+        finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
+    return AddResult(name if output is None else None, destination, lineage)
+
+
+def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, source_path: Path,
+                  source_record: dict | None = None) -> dict[str, Any]:
+    source = {"kind": source_kind, "path": str(Path(source_path).resolve()),
+              "config_sha256": config_sha256(plan.model.config)}
+    if source_record:
+        source.update(source_record)
+    return {
+        "format": "personalize-artifact/1",
+        "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+        "model_type": plan.config.model_type,
+        "quantization": plan.quantization,
+        "library_key": plan.library_key,
+        "compiled_config": plan.config.compiled,
+        "tools": tool_versions(),
+    }
+
+
+def finalize_artifact(out_dir: Path, lineage: dict, chat_config: dict, shard_hashes: dict[str, str]) -> None:
+    """Model card + personalize.json with the sha256 and size of every other file."""
+    from artifacts.model_card import render_model_card
+
+    (out_dir / "README.md").write_text(render_model_card(lineage, chat_config, repo_id=None))
+    files = {}
+    for path in sorted(out_dir.iterdir()):
+        if path.name == "personalize.json" or not path.is_file():
+            continue
+        digest = shard_hashes.get(path.name) or hash_file(path)
+        files[path.name] = {"sha256": digest, "size": path.stat().st_size}
+    lineage["files"] = files
+    write_lineage(out_dir, lineage)
+
+
+def default_name(source: Path, quantization: str) -> str:
+    stem = Path(source).resolve().name or "model"
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.") or "model"
+    return f"{safe}-{quantization}"
+
+
+def no_progress():
+    return nullcontext()
