@@ -183,7 +183,8 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
               output: Path | None = None, conv_template: str | None = None, force: bool = False,
               registry: Registry | None = None, progress: ProgressFn | None = None,
               progress_total: Callable[[int], None] | None = None,
-              source_record: dict | None = None) -> AddResult:
+              source_record: dict | None = None,
+              gate: Callable[[Path, dict], dict | None] | None = None) -> AddResult:
     """Convert a full HF model directory into an artifact (in the registry, or at `output`)."""
     t_start = time.perf_counter()
     registry = registry or Registry()
@@ -209,6 +210,10 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
         lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
                                 source_record=source_record)
         lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
+        if gate is not None:  # the equivalence gate runs on the staged artifact: a failure writes nothing
+            t_eval = time.perf_counter()
+            lineage["eval"] = gate(tmp, lineage)
+            lineage["timings"]["eval"] = round(time.perf_counter() - t_eval, 4)
         lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
         finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
     return AddResult(name if output is None else None, destination, lineage)

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The main job, from a fresh machine: real SmolLM2 -> LoRA fine-tune -> personalize add -> generate.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+exec "$VPY" -m personalize.demo "$@"
