@@ -7,6 +7,7 @@ each finished tensor goes straight into the shard writer.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import shutil
 import time
 from contextlib import nullcontext
@@ -125,16 +126,38 @@ def _source_rows(param: SourceParam, n: int) -> int:
 MergeFn = Callable[[str, np.ndarray], np.ndarray]
 
 
+# Reuse step: a parameter's finished library tensors taken from another artifact, or None.
+ReuseFn = Callable[[SourceParam], "list[tuple[str, np.ndarray]] | None"]
+
+
 def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progress: ProgressFn | None = None,
-                  merge: MergeFn | None = None) -> dict:
-    """Stream every parameter through read -> merge -> quantize -> shard writer. Returns the cache doc."""
+                  merge: MergeFn | None = None, reuse: ReuseFn | None = None) -> dict:
+    """Stream every parameter through read -> merge -> quantize -> shard writer. Returns the cache doc.
+
+    Also hashes the source tensors as they stream by (name, shape, dtype, bytes): the content hash
+    that pins a base model without a second pass over its files.
+    """
     scheme = get_scheme(plan.quantization)
     writer = TensorCacheWriter(out_dir)
     infos = plan.model.weights.tensors
+    tensor_digests: dict[str, str] = {}
+    reused = 0
     out_bytes = 0
     for param in plan.order:
+        outputs = reuse(param) if reuse is not None else None
+        if outputs is not None:
+            reused += 1
+            with timer.time("write"):
+                for name, array in outputs:
+                    writer.add(name, array)
+                    out_bytes += array.nbytes
+            if progress:
+                progress(sum(infos[s].nbytes for s in param.sources), param.name)
+            continue
         with timer.time("read"):
             arrays = plan.model.weights.read(list(param.sources))
+            for source, array in zip(param.sources, arrays):
+                tensor_digests[source] = tensor_digest(array)
         if merge is not None:
             with timer.time("merge"):
                 arrays = [merge(name, arr) for name, arr in zip(param.sources, arrays)]
@@ -162,7 +185,22 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
                 "BitsPerParam": out_bytes * 8.0 / max(total_params, 1)}
     with timer.time("write"):
         doc = writer.finish(metadata)
-    return {"doc": doc, "shard_hashes": dict(writer.file_hashes)}
+    return {"doc": doc, "shard_hashes": dict(writer.file_hashes), "reused_params": reused,
+            "source_content_sha256": combine_digests(tensor_digests) if reused == 0 else None}
+
+
+def tensor_digest(array: np.ndarray) -> str:
+    h = hashlib.sha256(f"{list(array.shape)}|{array.dtype}|".encode())
+    h.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+def combine_digests(digests: dict[str, str]) -> str:
+    """Content hash of a set of tensors: independent of file layout, sharding and format."""
+    h = hashlib.sha256()
+    for name in sorted(digests):
+        h.update(f"{name}:{digests[name]}\n".encode())
+    return h.hexdigest()
 
 
 def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
@@ -209,6 +247,7 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
                 shutil.copyfile(path, tmp / path.name)
         lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
                                 source_record=source_record)
+        lineage["source"]["content_sha256"] = weights["source_content_sha256"]
         lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
         if gate is not None:  # the equivalence gate runs on the staged artifact: a failure writes nothing
             t_eval = time.perf_counter()
