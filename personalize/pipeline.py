@@ -75,7 +75,8 @@ class ConversionPlan:
         return sum(infos[s].nbytes for p in self.order for s in p.sources)
 
 
-def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None) -> ConversionPlan:
+def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None,
+                    shape_overrides: dict[str, tuple[int, ...]] | None = None) -> ConversionPlan:
     scheme = get_scheme(quantization)
     hf_config = dict(model.config)
     if config_override:
@@ -83,14 +84,19 @@ def plan_conversion(model: ModelDir, quantization: str, config_override: dict | 
     arch = get_architecture(hf_config.get("model_type"), path=str(model.config_path))
     config = arch.library_config(hf_config, path=str(model.config_path))
     params = arch.source_params(config)
-    check_sources(model, params)
+    check_sources(model, params, shape_overrides or {})
     library_params(params, scheme)  # raises early if the scheme cannot express a parameter
     order = loading_order(params, model.weights.file_order)
     return ConversionPlan(model, arch, config, scheme.name, params, order)
 
 
-def check_sources(model: ModelDir, params: list[SourceParam]) -> None:
-    """Every source tensor exists, is a float, and has the shape the architecture expects."""
+def check_sources(model: ModelDir, params: list[SourceParam],
+                  shape_overrides: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Every source tensor exists, is a float, and has the shape the architecture expects.
+
+    `shape_overrides` gives the shape a tensor will have after an adapter replaced it (resized vocab).
+    """
+    shape_overrides = shape_overrides or {}
     infos = model.weights.tensors
     for param in params:
         rows = 0
@@ -103,16 +109,17 @@ def check_sources(model: ModelDir, params: list[SourceParam]) -> None:
             if info.dtype.kind not in "fV" or info.dtype.itemsize not in (2, 4):
                 raise IngestError(f"tensor {source} has dtype {info.dtype}, expected float32/float16/bfloat16",
                                   path=info.file, hint="save the model in float32, float16 or bfloat16")
+            shape = tuple(shape_overrides.get(source, info.shape))
             expected_tail = tuple(param.shape[1:])
-            if tuple(info.shape[1:]) != expected_tail or len(info.shape) != len(param.shape):
+            if tuple(shape[1:]) != expected_tail or len(shape) != len(param.shape):
                 raise IngestError(
                     f"tensor {source} has shape {list(info.shape)}, config.json implies "
                     f"{[_source_rows(param, len(param.sources))] + list(expected_tail)}",
                     path=info.file, hint="the weights do not match config.json; use the matching config")
-            rows += info.shape[0]
+            rows += shape[0]
         if rows != param.shape[0]:
             raise IngestError(
-                f"tensor {param.sources[0]} has shape {list(infos[param.sources[0]].shape)}; config.json implies "
+                f"tensor {param.sources[0]} has shape {list(shape)}; config.json implies "
                 f"{param.shape[0] // len(param.sources) if len(param.sources) > 1 else param.shape[0]} rows "
                 f"for {param.name}", path=infos[param.sources[0]].file,
                 hint="the weights do not match config.json; use the matching config")
@@ -261,7 +268,8 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
 def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, source_path: Path,
                   source_record: dict | None = None) -> dict[str, Any]:
     source = {"kind": source_kind, "path": str(Path(source_path).resolve()),
-              "config_sha256": config_sha256(plan.model.config)}
+              "config_sha256": config_sha256(plan.model.config),
+              "weight_files": weight_file_stamps(plan.model)}
     if source_record:
         source.update(source_record)
     return {
@@ -275,6 +283,15 @@ def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, s
         "compiled_config": plan.config.compiled,
         "tools": tool_versions(),
     }
+
+
+def weight_file_stamps(model: ModelDir) -> dict[str, dict[str, int]]:
+    """Size and mtime of every weight file: a cheap check that a base has not changed since."""
+    out = {}
+    for path in model.weights.files:
+        st = path.stat()
+        out[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
 
 
 def finalize_artifact(out_dir: Path, lineage: dict, chat_config: dict, shard_hashes: dict[str, str]) -> None:
