@@ -101,6 +101,18 @@ def check_recorded_base(adapter: Adapter, base: ModelDir, registry: Registry, ad
             "same_directory": found.model_dir.resolve() == base.path.resolve()}
 
 
+def resized_shapes(adapter: Adapter, base_shapes: dict, new_vocab: int | None) -> dict[str, tuple[int, ...]]:
+    """Shapes of the vocab-sized tensors once the adapter has replaced them with `new_vocab` rows."""
+    if new_vocab is None:
+        return {}
+    out = {}
+    for name in adapter.target_hf_names():
+        edit = adapter.edit_for(name)
+        if edit is not None and edit.changes_vocab_dim and name in base_shapes:
+            out[name] = (new_vocab,) + tuple(base_shapes[name][1:])
+    return out
+
+
 def same_base_files(base_lineage: dict, base_model: ModelDir) -> bool:
     from .pipeline import weight_file_stamps
 
@@ -158,7 +170,7 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     if new_vocab is not None:
         override["vocab_size"] = new_vocab
     plan = plan_conversion(base_model, quantization, config_override=override,
-                           shape_overrides=adapter.replaced_shapes() if new_vocab is not None else None)
+                           shape_overrides=resized_shapes(adapter, shapes, new_vocab))
     touched = set(adapter.target_hf_names())
 
     base_artifact = resolved.artifact if resolved.artifact is not None else None
