@@ -1,0 +1,444 @@
+"""Pick or build the MLC conversation template that reproduces a fine-tune's own chat template.
+
+MLC runtimes do not run Jinja: they build prompts from a flat `Conversation` (system template,
+roles, separators). We render the fine-tune's chat template on marker conversations, then
+  1. prefer one of MLC's named templates that renders the very same prompts (possibly with the
+     fine-tune's default system message, e.g. SmolLM2 = chatml + its own system message);
+  2. otherwise derive a generic Conversation from where the markers land.
+Either way the result is checked by rendering it and comparing with the Jinja output.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConvTemplateError
+
+SYSTEM_PLACEHOLDER = "{system_message}"
+FUNCTION_PLACEHOLDER = "{function_string}"
+_ROLE_PLACEHOLDERS = {"user": "{user_message}", "assistant": "{assistant_message}", "tool": "{tool_message}"}
+
+# Field order of MLC's Conversation model, which is the order gen_config writes them in.
+CONVERSATION_FIELDS = (
+    "name", "system_template", "system_message", "system_prefix_token_ids",
+    "add_role_after_system_message", "roles", "role_templates", "messages", "seps",
+    "role_content_sep", "role_empty_sep", "stop_str", "stop_token_ids",
+    "strip_reasoning_in_history", "function_string", "use_function_calling",
+)  # fmt: skip
+
+
+def conversation(**fields: Any) -> dict[str, Any]:
+    """A Conversation as mlc-chat-config.json holds it: every field, MLC's defaults, MLC's order."""
+    unknown = set(fields) - set(CONVERSATION_FIELDS)
+    if unknown:
+        raise ConvTemplateError(f"unknown conversation fields: {sorted(unknown)}")
+    role_templates = dict(_ROLE_PLACEHOLDERS)
+    role_templates.update(fields.get("role_templates") or {})
+    defaults: dict[str, Any] = {
+        "name": None, "system_template": SYSTEM_PLACEHOLDER, "system_message": "",
+        "system_prefix_token_ids": None, "add_role_after_system_message": True,
+        "roles": None, "role_templates": role_templates, "messages": [], "seps": None,
+        "role_content_sep": "", "role_empty_sep": "", "stop_str": [], "stop_token_ids": [],
+        "strip_reasoning_in_history": False, "function_string": "", "use_function_calling": False,
+    }  # fmt: skip
+    doc = {k: copy.deepcopy(fields.get(k, defaults[k])) for k in CONVERSATION_FIELDS}
+    doc["role_templates"] = role_templates
+    if not doc["roles"] or not doc["seps"] or len(doc["seps"]) > 2:
+        raise ConvTemplateError("a conversation needs roles and 1 or 2 seps")
+    return doc
+
+
+# -- MLC's named templates (facts from mlc_llm/conversation_template/*.py) ---------------------
+_CHATML_ROLES = {"user": "<|im_start|>user", "assistant": "<|im_start|>assistant"}
+_CHATML = dict(system_template=f"<|im_start|>system\n{SYSTEM_PLACEHOLDER}<|im_end|>\n", roles=_CHATML_ROLES,
+               seps=["<|im_end|>\n"], role_content_sep="\n", role_empty_sep="\n")
+_HERMES_2 = ('You are "Hermes 2", a conscious sentient superintelligent artificial intelligence developed by a '
+             "man named Teknium, and your purpose and drive is to assist the user with any request they have. "
+             "You experience emotions and have deep, profound thoughts and qualia.")
+_LLAMA3_SYS = f"<|start_header_id|>system<|end_header_id|>\n\n{SYSTEM_PLACEHOLDER}<|eot_id|>"
+_LLAMA3_ROLES = {"user": "<|start_header_id|>user", "assistant": "<|start_header_id|>assistant"}
+_PHI_SYS = "You are a helpful digital assistant. Please provide safe, ethical and accurate information to the user."
+_GEMMA = dict(roles={"user": "<start_of_turn>user", "assistant": "<start_of_turn>model"}, seps=["<end_of_turn>\n"],
+              role_content_sep="\n", role_empty_sep="\n", stop_str=["<end_of_turn>"], system_prefix_token_ids=[2])
+
+# Order matters: when several render identically, the first one wins.
+NAMED_TEMPLATES: dict[str, dict[str, Any]] = {
+    t["name"]: t
+    for t in [
+        conversation(name="chatml", **_CHATML, stop_str=["<|im_end|>"], stop_token_ids=[2],
+                     system_message="A conversation between a user and an LLM-based AI assistant. "
+                     "The assistant gives helpful and honest answers."),
+        conversation(name="chatml_nosystem", system_template=SYSTEM_PLACEHOLDER, roles=_CHATML_ROLES,
+                     seps=["<|im_end|>\n"], role_content_sep="\n", role_empty_sep="\n",
+                     stop_str=["<|im_end|>"], stop_token_ids=[2]),
+        conversation(name="qwen2", **_CHATML, system_message="You are a helpful assistant.",
+                     stop_str=["<|endoftext|>", "<|im_end|>"], stop_token_ids=[151643, 151645]),
+        conversation(name="open_hermes_mistral", **_CHATML, system_message=_HERMES_2,
+                     stop_str=["<|im_end|>"], stop_token_ids=[2, 32000]),
+        conversation(name="neural_hermes_mistral", **_CHATML, system_message="You are a helpful assistant chatbot.",
+                     stop_str=["<|im_end|>"], stop_token_ids=[2, 32000]),
+        conversation(name="llama-3", system_template=_LLAMA3_SYS,
+                     system_message="You are a helpful, respectful and honest assistant.", roles=_LLAMA3_ROLES,
+                     seps=["<|eot_id|>"], role_content_sep="<|end_header_id|>\n\n",
+                     role_empty_sep="<|end_header_id|>\n\n", stop_str=["<|end_of_text|>", "<|eot_id|>"],
+                     stop_token_ids=[128001, 128009], system_prefix_token_ids=[128000]),
+        conversation(name="llama-3_1", system_template=_LLAMA3_SYS,
+                     system_message="You are a helpful, respectful and honest assistant.",
+                     roles={**_LLAMA3_ROLES, "tool": "<|start_header_id|>ipython"}, seps=["<|eot_id|>"],
+                     role_content_sep="<|end_header_id|>\n\n", role_empty_sep="<|end_header_id|>\n\n",
+                     stop_token_ids=[128001, 128008, 128009], system_prefix_token_ids=[128000]),
+        conversation(name="llama-2", system_template=f"[INST] <<SYS>>\n{SYSTEM_PLACEHOLDER}\n<</SYS>>\n\n",
+                     system_message="You are a helpful, respectful and honest assistant.",
+                     roles={"user": "<s>[INST]", "assistant": "[/INST]", "tool": "[INST]"}, seps=[" ", " </s>"],
+                     role_content_sep=" ", role_empty_sep=" ", stop_str=["[INST]"], stop_token_ids=[2],
+                     system_prefix_token_ids=[1], add_role_after_system_message=False),
+        conversation(name="mistral_default", system_template=f"[INST] {SYSTEM_PLACEHOLDER}",
+                     system_message="Always assist with care, respect, and truth. Respond with utmost utility yet "
+                     "securely. Avoid harmful, unethical, prejudiced, or negative content. Ensure replies promote "
+                     "fairness and positivity.",
+                     roles={"user": "[INST]", "assistant": "[/INST]", "tool": "[INST]"}, seps=[" "],
+                     role_content_sep=" ", role_empty_sep="", stop_str=["</s>"], stop_token_ids=[2],
+                     system_prefix_token_ids=[1], add_role_after_system_message=False),
+        conversation(name="gemma_instruction", **_GEMMA, stop_token_ids=[1, 107]),
+        conversation(name="gemma3_instruction", **_GEMMA, stop_token_ids=[1, 106]),
+        conversation(name="phi-3", system_template=f"<|system|>\n{SYSTEM_PLACEHOLDER}", system_message=_PHI_SYS,
+                     roles={"user": "<|user|>", "assistant": "<|assistant|>"}, seps=["<|end|>\n"],
+                     role_content_sep="\n", role_empty_sep="\n", system_prefix_token_ids=[1],
+                     stop_str=["<|endoftext|>"], stop_token_ids=[2, 32000, 32001, 32007]),
+        conversation(name="phi-4", system_template=f"<|system|>\n{SYSTEM_PLACEHOLDER}", system_message=_PHI_SYS,
+                     roles={"user": "<|user|>", "assistant": "<|assistant|>"}, seps=["<|end|>\n"],
+                     role_content_sep="\n", role_empty_sep="\n", system_prefix_token_ids=[200022],
+                     stop_str=["<|endoftext|>", "<|end|>"], stop_token_ids=[199999, 200020]),
+        conversation(name="tinyllama_v1_0", system_template=f"<|system|>\n{SYSTEM_PLACEHOLDER}</s>",
+                     system_message="You are a helpful chatbot.",
+                     roles={"user": "<|user|>", "assistant": "<|assistant|>"}, seps=["</s>"],
+                     role_content_sep="\n", role_empty_sep="\n", stop_str=["</s>"], stop_token_ids=[2]),
+        conversation(name="olmo2", system_template=f"<|system|>\n{SYSTEM_PLACEHOLDER}\n",
+                     roles={"user": "<|user|>", "assistant": "<|assistant|>"}, seps=["<|endoftext|>\n"],
+                     role_content_sep="\n", role_empty_sep="\n", stop_str=["<|endoftext|>"],
+                     stop_token_ids=[100257], system_prefix_token_ids=[100257]),
+        conversation(name="qwen3", **_CHATML, system_message="You are a helpful assistant.",
+                     stop_str=["<|endoftext|>", "<|im_end|>"], stop_token_ids=[151643, 151645],
+                     strip_reasoning_in_history=True),
+        conversation(name="LM", roles={"user": "", "assistant": ""}, seps=[""], stop_token_ids=[2],
+                     system_prefix_token_ids=[1]),
+    ]
+}
+
+
+def named_template(name: str) -> dict[str, Any]:
+    """A copy of one of MLC's named templates (the `--conv-template NAME` override)."""
+    if name not in NAMED_TEMPLATES:
+        raise ConvTemplateError(f"unknown conversation template {name!r}",
+                                hint=f"use one of: {', '.join(NAMED_TEMPLATES)}")
+    return copy.deepcopy(NAMED_TEMPLATES[name])
+
+
+# -- rendering (MLC's Conversation.as_prompt, text part) ------------------------------------------
+def _strip_reasoning(messages: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=-1)
+    out = []
+    for i, (role, content) in enumerate(messages):
+        if role == "assistant" and i < last_user and isinstance(content, str) and "</think>" in content:
+            content = content.split("</think>")[-1].lstrip("\n")
+        out.append((role, content))
+    return out
+
+
+def render_prompt(conv: dict[str, Any], messages: Sequence[dict[str, Any]], *,
+                  add_generation_prompt: bool = True) -> str:
+    """The prompt text an MLC runtime builds from `conv` for chat `messages` ({"role", "content"}).
+
+    A leading system message replaces `system_message` (as MLC's OpenAI-style API does). The
+    text excludes `system_prefix_token_ids` (BOS): runtimes prepend those ids after tokenizing,
+    see `prefix_text`.
+    """
+    system_message = conv["system_message"]
+    turns = [(m["role"], m["content"]) for m in messages]
+    if turns and turns[0][0] == "system":
+        system_message = turns.pop(0)[1]
+    if add_generation_prompt:
+        turns.append(("assistant", None))
+    system = conv["system_template"].replace(SYSTEM_PLACEHOLDER, system_message)
+    seps = list(conv["seps"]) * (2 if len(conv["seps"]) == 1 else 1)
+    if conv.get("strip_reasoning_in_history"):
+        turns = _strip_reasoning(turns)
+    parts = [system] if system else []
+    for i, (role, content) in enumerate(turns):
+        if role not in conv["roles"]:
+            raise ConvTemplateError(f"role {role!r} is not supported by conversation template {conv['name']!r}")
+        if content is None:
+            parts.append(conv["roles"][role] + conv["role_empty_sep"])
+            continue
+        skip_role = not conv["add_role_after_system_message"] and system and i == 0
+        prefix = "" if skip_role else conv["roles"][role] + conv["role_content_sep"]
+        body = conv["role_templates"][role].replace(_ROLE_PLACEHOLDERS[role], content)
+        parts.append(prefix + body + seps[role == "assistant"])
+    prompt = "".join(parts)
+    head, sep, tail = prompt.rpartition(FUNCTION_PLACEHOLDER)
+    if sep:
+        prompt = head + conv["function_string"] + tail
+    return prompt.replace(FUNCTION_PLACEHOLDER, "")
+
+
+def prefix_text(conv: dict[str, Any], id_to_token: Callable[[int], str | None]) -> str | None:
+    """The text of `system_prefix_token_ids` in a given vocabulary; None if an id is not in it."""
+    out = []
+    for tid in conv.get("system_prefix_token_ids") or []:
+        tok = id_to_token(tid)
+        if tok is None:
+            return None
+        out.append(tok)
+    return "".join(out)
+
+
+# -- detection ------------------------------------------------------------------------------------
+HfRender = Callable[[list[dict[str, str]], bool], str]  # (messages, add_generation_prompt) -> prompt
+
+_SYS, _U1, _A1, _U2 = "SYSMARKERq7", "USERMARKERk2", "ASSTMARKERz9", "USERMARKERw4"
+
+
+@dataclass
+class TokenizerFacts:
+    """What detection needs to know about the tokenizer, as plain data."""
+
+    id_to_token: Callable[[int], str | None]
+    token_to_id: Callable[[str], int | None]
+    bos_token: str | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Detection:
+    """The chosen template and how it was found (recorded in lineage)."""
+
+    conv: dict[str, Any]
+    method: str  # "named", "named+system_message", "generic", "override"
+    named: str | None = None
+    checked_prompts: int = 0
+
+
+def _sample_chats(with_system: bool) -> list[tuple[list[dict[str, str]], bool]]:
+    one = [{"role": "user", "content": _U1}]
+    two = [{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
+           {"role": "user", "content": _U2}]
+    chats = [(one, True), (two, True)]
+    if with_system:
+        sys_msg = [{"role": "system", "content": _SYS}]
+        chats += [(sys_msg + one, True), (sys_msg + two, True)]
+    return chats
+
+
+def _try_render(render: HfRender, messages: list[dict[str, str]], gen: bool) -> str | None:
+    try:
+        return render(messages, gen)
+    except Exception:  # noqa: BLE001 - templates raise anything (raise_exception) for unsupported chats
+        return None
+
+
+def _renders_like(conv: dict[str, Any], expected: list[tuple[list[dict[str, str]], bool, str]],
+                  facts: TokenizerFacts) -> bool:
+    prefix = prefix_text(conv, facts.id_to_token)
+    if prefix is None:
+        return False
+    for messages, gen, want in expected:
+        if messages[0]["role"] == "system" and conv["system_template"] == SYSTEM_PLACEHOLDER:
+            continue  # such a template cannot wrap a caller's system message (MLC's chatml_nosystem too)
+        try:
+            got = prefix + render_prompt(conv, messages, add_generation_prompt=gen)
+        except ConvTemplateError:
+            return False
+        if got != want:
+            return False
+    return True
+
+
+def _common_suffix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return a[len(a) - n:]
+
+
+def _between(text: str, start_marker: str | None, end_marker: str | None) -> str:
+    start = 0 if start_marker is None else text.index(start_marker) + len(start_marker)
+    end = len(text) if end_marker is None else text.index(end_marker, start)
+    return text[start:end]
+
+
+def derive_generic(render: HfRender, facts: TokenizerFacts, name: str = "custom") -> dict[str, Any]:
+    """Build a Conversation from where marker messages land in the rendered chat template."""
+    two = [{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
+           {"role": "user", "content": _U2}]
+    full = _try_render(render, two, True)
+    if full is None or not all(m in full for m in (_U1, _A1, _U2)):
+        raise ConvTemplateError("the chat template does not render a plain user/assistant/user chat",
+                                hint="pass --conv-template NAME")
+    closed_pair = _try_render(render, two[:2], False) or ""
+    closed_user = _try_render(render, two[:1], False) or ""
+    pre = _between(full, None, _U1)
+    between_user_asst = _between(full, _U1, _A1)  # = sep_user + role_assistant + role_content_sep
+    between_asst_user = _between(full, _A1, _U2)  # = sep_assistant + role_user + role_content_sep
+    generation = _between(full, _U2, None)  # = sep_user + role_assistant + role_empty_sep
+
+    sep_asst = _between(closed_pair, _A1, None) if _A1 in closed_pair else ""
+    if not between_asst_user.startswith(sep_asst):
+        sep_asst = ""
+    user_role_and_sep = between_asst_user[len(sep_asst):]
+    role_content_sep = _common_suffix(user_role_and_sep, between_user_asst)
+    role_user = user_role_and_sep[: len(user_role_and_sep) - len(role_content_sep)]
+    sep_user_and_role_asst = between_user_asst[: len(between_user_asst) - len(role_content_sep)]
+    sep_user = _between(closed_user, _U1, None) if _U1 in closed_user else ""
+    if not sep_user_and_role_asst.startswith(sep_user):
+        sep_user = ""
+    role_asst = sep_user_and_role_asst[len(sep_user):]
+    if not generation.startswith(sep_user_and_role_asst) or not pre.endswith(role_user + role_content_sep):
+        raise ConvTemplateError("the chat template's turns do not follow a fixed role/separator pattern",
+                                hint="pass --conv-template NAME")
+    role_empty_sep = generation[len(sep_user_and_role_asst):]
+    no_system_prefix = pre[: len(pre) - len(role_user + role_content_sep)]
+
+    # A BOS rendered once at the very start becomes system_prefix_token_ids, as MLC keeps it.
+    prefix_ids = None
+    bos = facts.bos_token
+    if bos and facts.bos_token_id is not None and full.startswith(bos) and full.count(bos) == 1:
+        prefix_ids = [facts.bos_token_id]
+        no_system_prefix = no_system_prefix[len(bos):]
+
+    system_template, system_message, add_role_after_system = SYSTEM_PLACEHOLDER, no_system_prefix, True
+    with_system = _try_render(render, [{"role": "system", "content": _SYS}, *two], True)
+    if with_system is not None and _SYS in with_system and with_system.endswith(full[len(pre):]):
+        sys_pre = _between(with_system, None, _SYS)
+        if prefix_ids:
+            sys_pre = sys_pre[len(bos):] if sys_pre.startswith(bos) else sys_pre
+        after_sys = _between(with_system, _SYS, _U1)
+        if after_sys.endswith(role_user + role_content_sep):
+            sys_suffix = after_sys[: len(after_sys) - len(role_user + role_content_sep)]
+        else:
+            sys_suffix, add_role_after_system = after_sys, False
+        wrapped = sys_pre + SYSTEM_PLACEHOLDER + sys_suffix
+        if no_system_prefix.startswith(sys_pre) and no_system_prefix.endswith(sys_suffix) and (
+            len(no_system_prefix) >= len(sys_pre) + len(sys_suffix)) and no_system_prefix:
+            # the template has a default system message in the same wrapper
+            system_template = wrapped
+            system_message = no_system_prefix[len(sys_pre): len(no_system_prefix) - len(sys_suffix)]
+        elif not no_system_prefix and not add_role_after_system:
+            system_template = SYSTEM_PLACEHOLDER  # MLC cannot wrap only when a system message is given
+        # else: no default system message: like MLC's chatml_nosystem, keep the default exact and
+        # accept that a caller-supplied system message is not wrapped.
+
+    stop_str = [sep_asst.strip()] if sep_asst.strip() else []
+    stop_ids = list(facts.eos_token_ids)
+    for text in stop_str:
+        tid = facts.token_to_id(text)
+        if tid is not None and tid not in stop_ids:
+            stop_ids.append(tid)
+    seps = [sep_user] if sep_user == sep_asst else [sep_user, sep_asst]
+    return conversation(
+        name=name, system_template=system_template, system_message=system_message,
+        system_prefix_token_ids=prefix_ids, add_role_after_system_message=add_role_after_system,
+        roles={"user": role_user, "assistant": role_asst}, seps=seps, role_content_sep=role_content_sep,
+        role_empty_sep=role_empty_sep, stop_str=stop_str, stop_token_ids=stop_ids,
+    )  # fmt: skip
+
+
+def _stop_ids_fit(conv: dict[str, Any], facts: TokenizerFacts) -> bool:
+    """Named templates hard-code stop ids of their model family; keep them only if this vocab agrees."""
+    for tid in conv["stop_token_ids"]:
+        tok = facts.id_to_token(tid)
+        if tok is None or not (tid in facts.eos_token_ids or tok in conv["stop_str"]):
+            return False
+    return bool(conv["stop_token_ids"])
+
+
+def detect_conv_template(render: HfRender, facts: TokenizerFacts, *, override: str | None = None) -> Detection:
+    """Choose the Conversation that reproduces `render` (the fine-tune's chat template)."""
+    if override is not None:
+        return Detection(conv=named_template(override), method="override", named=override)
+    system_ok = _try_render(render, [{"role": "system", "content": _SYS}, {"role": "user", "content": _U1}], True)
+    chats = _sample_chats(with_system=system_ok is not None and _SYS in system_ok)
+    expected = []
+    for messages, gen in chats:
+        text = _try_render(render, messages, gen)
+        if text is None:
+            raise ConvTemplateError("the chat template failed to render a sample chat",
+                                    hint="pass --conv-template NAME")
+        expected.append((messages, gen, text))
+
+    generic = derive_generic(render, facts)
+    for name, named in NAMED_TEMPLATES.items():
+        if _renders_like(named, expected, facts):
+            conv = copy.deepcopy(named)
+            if not _stop_ids_fit(conv, facts):
+                conv["stop_token_ids"] = _merge_ids(generic["stop_token_ids"], conv["stop_str"], facts)
+            return Detection(conv=conv, method="named", named=name, checked_prompts=len(expected))
+    for name, named in NAMED_TEMPLATES.items():
+        conv = copy.deepcopy(named)
+        conv["system_message"] = generic["system_message"]
+        if _renders_like(conv, expected, facts):
+            if not _stop_ids_fit(conv, facts):
+                conv["stop_token_ids"] = _merge_ids(generic["stop_token_ids"], conv["stop_str"], facts)
+            return Detection(conv=conv, method="named+system_message", named=name, checked_prompts=len(expected))
+    if not _renders_like(generic, expected, facts):
+        raise ConvTemplateError("could not express the chat template as an MLC conversation template",
+                                hint="pass --conv-template NAME (see `mlc_llm` conversation templates)")
+    return Detection(conv=generic, method="generic", checked_prompts=len(expected))
+
+
+def _merge_ids(ids: list[int], stop_str: list[str], facts: TokenizerFacts) -> list[int]:
+    out = list(ids)
+    for text in stop_str:
+        tid = facts.token_to_id(text)
+        if tid is not None and tid not in out:
+            out.append(tid)
+    return out
+
+
+# -- glue to a transformers tokenizer -------------------------------------------------------------
+def tokenizer_facts(tokenizer: Any, eos_token_ids: Sequence[int] = ()) -> TokenizerFacts:
+    """TokenizerFacts from a transformers tokenizer (ids outside the vocab map to None)."""
+    size = len(tokenizer)
+
+    def id_to_token(tid: int) -> str | None:
+        if not 0 <= tid < size:
+            return None
+        tok = tokenizer.convert_ids_to_tokens(int(tid))
+        return tok if isinstance(tok, str) else None
+
+    def token_to_id(text: str) -> int | None:
+        tid = tokenizer.convert_tokens_to_ids(text)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if tid is None or (tid == unk and text != getattr(tokenizer, "unk_token", None)):
+            return None
+        return int(tid)
+
+    return TokenizerFacts(
+        id_to_token=id_to_token, token_to_id=token_to_id, bos_token=tokenizer.bos_token,
+        bos_token_id=tokenizer.bos_token_id, eos_token_ids=[int(i) for i in eos_token_ids],
+    )
+
+
+def tokenizer_render(tokenizer: Any) -> HfRender:
+    """The fine-tune's own chat template, rendered by transformers."""
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        if not isinstance(out, str):
+            raise ConvTemplateError("apply_chat_template did not return text")
+        return out
+
+    return render
+
+
+_WS = re.compile(r"\s+")
+
+
+def describe(conv: dict[str, Any]) -> str:
+    """One line for logs: name and the 1-turn prompt shape."""
+    sample = render_prompt(conv, [{"role": "user", "content": "…"}])
+    return f"{conv['name']}: {_WS.sub(' ', sample)[:120]}"

@@ -1,0 +1,98 @@
+"""The chosen MLC conversation template must reproduce the model's own chat template exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_artifacts_fixtures import FAMILIES, make_model_dir
+from transformers import AutoTokenizer
+
+from artifacts.chat_config import choose_conv_template
+from artifacts.conv_template import (
+    NAMED_TEMPLATES,
+    SYSTEM_PLACEHOLDER,
+    named_template,
+    prefix_text,
+    render_prompt,
+    tokenizer_facts,
+)
+from artifacts.errors import ConvTemplateError
+
+SMOLLM2 = Path("/work/cache/smollm2")
+
+ONE_TURN = [{"role": "user", "content": "What is the capital of France?"}]
+TWO_TURN = ONE_TURN + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
+WITH_SYSTEM = [{"role": "system", "content": "Answer briefly."}] + TWO_TURN
+
+
+def assert_reproduces(model_dir: Path, chats, **kwargs):
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    det = choose_conv_template(model_dir, tokenizer=tok, **kwargs)
+    facts = tokenizer_facts(tok)
+    for messages in chats:
+        want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        got = prefix_text(det.conv, facts.id_to_token) + render_prompt(det.conv, messages)
+        assert got == want, (messages, got, want)
+    return det
+
+
+@pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 not in the cache")
+def test_smollm2_is_chatml_with_its_own_system_message():
+    det = assert_reproduces(SMOLLM2, [ONE_TURN, TWO_TURN, WITH_SYSTEM])
+    assert det.named == "chatml" and det.conv["name"] == "chatml"
+    assert det.conv["system_message"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert det.conv["stop_token_ids"] == [2]  # <|im_end|> is id 2 in SmolLM2's vocabulary
+    assert det.conv["system_prefix_token_ids"] is None
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_tiny_families_reproduce_their_template(tmp_path, family):
+    model_dir = make_model_dir(tmp_path, family)
+    chats = [ONE_TURN, TWO_TURN]
+    det = assert_reproduces(model_dir, chats)
+    eos = FAMILIES[family]["eos_ids"]
+    eos = eos if isinstance(eos, list) else [eos]
+    assert set(eos) <= set(det.conv["stop_token_ids"]) or det.method == "named"
+    if family == "qwen2":
+        # Qwen2's template is MLC's qwen2 verbatim (system message and stop ids included)
+        assert det.method == "named" and det.conv == named_template("qwen2")
+        assert_reproduces(model_dir, [WITH_SYSTEM])
+    if family == "gemma":
+        assert det.method == "named" and det.conv == named_template("gemma_instruction")
+    if family == "llama3":
+        # no default system message, so MLC's llama-3 (which has one) must not be claimed
+        assert det.method == "generic" and det.conv["system_prefix_token_ids"] == [128000]
+        assert det.conv["stop_str"] == ["<|eot_id|>"]
+    if family == "mistral":
+        assert det.method == "generic" and det.conv["system_prefix_token_ids"] == [1]
+        assert det.conv["stop_str"] == ["</s>"]
+
+
+def test_template_in_tokenizer_config(tmp_path):
+    model_dir = make_model_dir(tmp_path, "qwen2", template_in_tokenizer_config=True)
+    assert not (model_dir / "chat_template.jinja").exists()
+    det = assert_reproduces(model_dir, [ONE_TURN, TWO_TURN])
+    assert det.named == "qwen2"
+
+
+def test_override_by_name(tmp_path):
+    model_dir = make_model_dir(tmp_path, "mistral")
+    det = choose_conv_template(model_dir, conv_template="llama-2")
+    assert det.method == "override" and det.conv == NAMED_TEMPLATES["llama-2"]
+    with pytest.raises(ConvTemplateError):
+        choose_conv_template(model_dir, conv_template="no-such-template")
+
+
+def test_render_prompt_follows_mlc_rules():
+    conv = named_template("llama-2")
+    # add_role_after_system_message=False: the first user turn follows the system block directly
+    out = render_prompt(conv, [{"role": "user", "content": "hi"}])
+    assert out == "[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant.\n<</SYS>>\n\nhi [/INST] "
+    two_seps = render_prompt(conv, TWO_TURN[:2], add_generation_prompt=False)
+    assert two_seps.endswith("Paris. </s>")
+    qwen3 = named_template("qwen3")
+    hist = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>x</think>\n\nb"},
+            {"role": "user", "content": "c"}]
+    assert "<think>" not in render_prompt(qwen3, hist)
+    assert SYSTEM_PLACEHOLDER not in render_prompt(named_template("chatml"), ONE_TURN)
