@@ -25,6 +25,8 @@ from typing import Any, Iterable
 
 import torch
 
+from ingest.errors import IngestError
+
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
@@ -61,13 +63,8 @@ RESIDUAL_INITS = ("pissa", "corda", "olora", "lora_ga")
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 
 
-class AdapterError(Exception):
+class AdapterError(IngestError):
     """A user-facing problem with an adapter: `path` is the file at fault, `hint` says what to do."""
-
-    def __init__(self, message: str, *, path: Path | str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,11 @@ class Adapter:
         return self._weights.get(key).to(torch.float32)
 
     def resized_vocab_size(self, base_vocab_size: int | None = None) -> int | None:
-        """The vocab size of replaced embed_tokens/lm_head when it differs from the base's."""
+        """The vocab size of replaced embed_tokens/lm_head when it differs from the base's.
+
+        The base's vocab comes from `base_vocab_size` or from `check_against_base`; with neither,
+        this is the vocab size the adapter's embedding/head tensors carry (None if it carries none).
+        """
         base_vocab = base_vocab_size if base_vocab_size is not None else self._base_vocab_size
         sizes = {self._weights.shape(e.replacement_key)[0] for e in self._edits.values()
                  if e.replacement_key and e.changes_vocab_dim and e.hf_name.endswith(".weight")}
@@ -221,9 +222,7 @@ class Adapter:
             raise self._error(f"embedding and lm_head replacements disagree on the vocab size: {sorted(sizes)}",
                               hint="the adapter is inconsistent; save it again after resize_token_embeddings")
         (size,) = sizes
-        if base_vocab is None:
-            raise ValueError("call check_against_base first or pass base_vocab_size")
-        return size if size != base_vocab else None
+        return size if base_vocab is None or size != base_vocab else None
 
     # --- validation against the base ------------------------------------------------------------
 
@@ -240,6 +239,24 @@ class Adapter:
         self._settle_tied_head(base_shapes, base_config)
         for name in sorted(self._edits):
             self._check_edit(self._edits[name], base_shapes)
+        self._check_vocab_consistent(base_shapes)
+
+    def _check_vocab_consistent(self, base_shapes: dict[str, tuple[int, ...]]) -> None:
+        """A resized vocab must reach every vocab-sized base tensor, or the model is half resized."""
+        new_vocab = self.resized_vocab_size()
+        if new_vocab is None:
+            return
+        for name, shape in sorted(base_shapes.items()):
+            if _module_leaf(name.rsplit(".", 1)[0]) not in VOCAB_MODULES or not name.endswith(".weight"):
+                continue
+            edit = self._edits.get(name)
+            if edit is None or (edit.replacement_key is None and not (edit.lora and edit.lora.embedding)):
+                raise self._error(
+                    f"the adapter resizes the vocabulary to {new_vocab} but carries no {name} of that size "
+                    f"(the base has {shape[0]} rows)",
+                    hint="peft did not save the resized tensor, so its new rows are lost; save the adapter again "
+                         f"with save_embedding_layers=True or with '{_module_leaf(name.rsplit('.', 1)[0])}' in "
+                         "modules_to_save")
 
     def _remap_to_base_names(self, base_shapes: dict[str, tuple[int, ...]]) -> None:
         missing = [n for n in self._edits if n not in base_shapes]
