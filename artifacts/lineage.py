@@ -1,0 +1,76 @@
+"""personalize.json: where an artifact came from, and the sha256 + size of every other file in it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import LineageError
+from .format import LINEAGE_JSON
+
+_CHUNK = 1 << 20
+
+
+def hash_file(path: Path) -> str:
+    """sha256 hex of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_files(artifact_dir: Path) -> list[str]:
+    """Relative paths (with '/') of every file in the artifact except personalize.json, sorted."""
+    artifact_dir = Path(artifact_dir)
+    out = []
+    for root, dirs, names in os.walk(artifact_dir):
+        dirs.sort()
+        for name in names:
+            rel = (Path(root) / name).relative_to(artifact_dir).as_posix()
+            if rel != LINEAGE_JSON:
+                out.append(rel)
+    return sorted(out)
+
+
+def file_map(artifact_dir: Path, known_sha256: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """{relative path: {"sha256", "size"}} for every other file; `known_sha256` saves re-reading shards."""
+    artifact_dir = Path(artifact_dir)
+    known = known_sha256 or {}
+    out = {}
+    for rel in artifact_files(artifact_dir):
+        path = artifact_dir / rel
+        out[rel] = {"sha256": known.get(rel) or hash_file(path), "size": path.stat().st_size}
+    return out
+
+
+def write_lineage(artifact_dir: Path, doc: dict[str, Any], *, known_sha256: dict[str, str] | None = None) -> None:
+    """Write personalize.json (indent=2, trailing newline), atomically.
+
+    If `doc` has no "files" map yet, it is computed from the directory (and stored in `doc`).
+    """
+    artifact_dir = Path(artifact_dir)
+    if "files" not in doc:
+        doc["files"] = file_map(artifact_dir, known_sha256)
+    tmp = artifact_dir / f".{LINEAGE_JSON}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, artifact_dir / LINEAGE_JSON)
+
+
+def read_lineage(artifact_dir: Path) -> dict[str, Any]:
+    path = Path(artifact_dir) / LINEAGE_JSON
+    if not path.is_file():
+        raise LineageError(f"no {LINEAGE_JSON} in {artifact_dir}", path=path,
+                           hint="not written by personalize; re-create it with `personalize add`")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LineageError(f"{LINEAGE_JSON} is not valid JSON: {exc}", path=path,
+                           hint="re-create the artifact with `personalize add`") from exc
+    if not isinstance(doc, dict):
+        raise LineageError(f"{LINEAGE_JSON} is not a JSON object", path=path,
+                           hint="re-create the artifact with `personalize add`")
+    return doc

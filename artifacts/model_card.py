@@ -1,0 +1,170 @@
+"""README.md model card for an artifact: Hub YAML front matter + lineage, numbers and how to run it.
+
+Rendered only from personalize.json (lineage) and mlc-chat-config.json, so it is deterministic
+and can be re-rendered for another repo id at push time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from huggingface_hub import ModelCardData
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def hub_id(spec: Any) -> str | None:
+    """'org/name' from 'org/name', 'hf://org/name[@rev]' or a Hub URL; None for local paths."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    s = spec.strip()
+    for prefix in ("hf://", "HF://", "https://huggingface.co/"):
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+            break
+    else:
+        if s.startswith((".", "/", "~")):
+            return None
+    s = s.split("@", 1)[0].strip("/")
+    s = "/".join(s.split("/")[:2])
+    return s if _HUB_ID.match(s) else None
+
+
+def _base_model(lineage: dict[str, Any]) -> tuple[str | None, str]:
+    """(base model repo id or None, base_model_relation) as the Hub defines them."""
+    source = lineage.get("source") or {}
+    if source.get("kind") == "adapter":
+        base = lineage.get("base") or {}
+        return hub_id(base.get("spec")) or hub_id(base.get("hub")), "finetune"  # adapter merged into the base
+    return hub_id(source.get("hub")) or hub_id(lineage.get("base_model")), "quantized"
+
+
+def _license(lineage: dict[str, Any]) -> str | None:
+    for doc in (lineage, lineage.get("source") or {}, lineage.get("base") or {}):
+        value = doc.get("license")
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _size_bytes(lineage: dict[str, Any]) -> int:
+    return sum(int(f.get("size", 0)) for f in (lineage.get("files") or {}).values() if isinstance(f, dict))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def front_matter(lineage: dict[str, Any], chat_config: dict[str, Any]) -> ModelCardData:
+    base, relation = _base_model(lineage)
+    quantization = chat_config.get("quantization") or lineage.get("quantization")
+    model_type = chat_config.get("model_type") or lineage.get("model_type")
+    tags = ["mlc-llm", "web-llm", "personalize"]
+    tags += [t for t in (quantization, model_type) if t and t not in tags]
+    if (lineage.get("source") or {}).get("kind") == "adapter":
+        tags.append("merged-lora")
+    fields: dict[str, Any] = {"library_name": "mlc-llm", "tags": tags, "pipeline_tag": "text-generation"}
+    if base:
+        fields["base_model"] = base
+        fields["base_model_relation"] = relation
+    lic = _license(lineage)
+    if lic:
+        fields["license"] = lic
+    return ModelCardData(**fields)
+
+
+def _lineage_lines(lineage: dict[str, Any]) -> list[str]:
+    source = lineage.get("source") or {}
+    lines = []
+    where = source.get("hub") or source.get("path")
+    rev = f" @ `{source['revision']}`" if source.get("revision") else ""
+    lines.append(f"- Source ({source.get('kind', 'model')}): `{where}`{rev}")
+    if source.get("content_sha256"):
+        lines.append(f"- Source weights sha256: `{source['content_sha256']}`")
+    base = lineage.get("base")
+    if base:
+        brev = f" @ `{base['revision']}`" if base.get("revision") else ""
+        lines.append(f"- Base model: `{base.get('spec') or base.get('path')}`{brev}")
+        if base.get("content_sha256"):
+            lines.append(f"- Base weights sha256: `{base['content_sha256']}`")
+    adapter = lineage.get("adapter")
+    if adapter:
+        cfg = adapter.get("config") or {}
+        detail = ", ".join(f"{k}={cfg[k]}" for k in ("r", "lora_alpha", "target_modules") if k in cfg)
+        lines.append(f"- Adapter: {adapter.get('peft_type', 'LORA')} ({detail}), merged in float32 before quantization")
+    tools = lineage.get("tools") or {}
+    if tools:
+        lines.append("- Tools: " + ", ".join(f"{k} {v}" for k, v in tools.items()))
+    return lines
+
+
+def _eval_lines(ev: dict[str, Any]) -> list[str]:
+    rows = [("mean KL(reference ‖ artifact) per token", "mean_kl", "{:.4g}"),
+            ("top-1 agreement", "top1_agreement", "{:.3f}"),
+            ("perplexity, reference", "perplexity_reference", "{:.3f}"),
+            ("perplexity, artifact", "perplexity_artifact", "{:.3f}"),
+            ("positions compared", "positions", "{}")]
+    out = ["| measure | value |", "|---|---|"]
+    for label, key, fmt in rows:
+        if key in ev and ev[key] is not None:
+            out.append(f"| {label} | {fmt.format(ev[key])} |")
+    extra = ", ".join(f"{k}: {ev[k]}" for k in ("reference", "device") if ev.get(k))
+    if extra:
+        out += ["", f"Reference and device: {extra}."]
+    limits = ev.get("limits")
+    if limits:
+        out += ["", "Gate limits: " + ", ".join(f"{k} {v}" for k, v in limits.items()) + "."]
+    return out
+
+
+def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, repo_id: str | None) -> str:
+    """The README.md text (YAML front matter + Markdown body)."""
+    data = front_matter(lineage, chat_config)
+    quantization = chat_config.get("quantization") or lineage.get("quantization", "?")
+    model_type = chat_config.get("model_type") or lineage.get("model_type", "?")
+    name = lineage.get("name") or (repo_id.split("/")[-1] if repo_id else "personalized model")
+    key = lineage.get("library_key", "?")
+    conv = chat_config.get("conv_template") or {}
+    model_id = repo_id.split("/")[-1] if repo_id else name
+    model_ref = f"HF://{repo_id}" if repo_id else f"./{name}"
+    url = f"https://huggingface.co/{repo_id}" if repo_id else f"https://huggingface.co/<org>/{name}"
+    lib_hint = f"<path to the {model_type} {quantization} library, key {key}>"
+
+    body = [f"# {name}", "",
+            f"MLC LLM weights ({quantization}) of a personalized `{model_type}` model, written by "
+            "personalize, bit-exact with `mlc_llm convert_weight`. They run on an "
+            "already-compiled model library of the base architecture: no recompilation.", "",
+            "## Lineage", "", *_lineage_lines(lineage), "",
+            "## Format", "",
+            f"- Quantization: `{quantization}`",
+            f"- Model type: `{model_type}`; vocabulary {chat_config.get('vocab_size', '?')}, "
+            f"context window {chat_config.get('context_window_size', '?')}",
+            f"- Conversation template: `{conv.get('name', '?')}`",
+            f"- Size on disk: {_human(_size_bytes(lineage))}",
+            f"- Library key: `{key}` — any model library compiled for this key (same architecture shape, "
+            "compiled-in hyper-parameters and quantization) runs these weights.", ""]
+    if isinstance(lineage.get("eval"), dict):
+        body += ["## Equivalence with the PyTorch model", "",
+                 "Next-token distributions of this artifact compared with the source model in transformers "
+                 "on fixed prompts:", "", *_eval_lines(lineage["eval"]), ""]
+    package_entry = {"model": model_ref if repo_id else f"HF://<org>/{name}", "model_id": model_id,
+                     "estimated_vram_bytes": _size_bytes(lineage), "model_lib": f"{model_type}_{quantization}"}
+    body += ["## How to run", "", "### mlc_llm CLI", "", "```bash",
+             f"mlc_llm chat {model_ref} --model-lib {lib_hint}", "```", "",
+             "### WebLLM", "", "```js",
+             "import { CreateMLCEngine } from \"@mlc-ai/web-llm\";",
+             "const appConfig = { model_list: [{",
+             f"  model: \"{url}\",",
+             f"  model_id: \"{model_id}\",",
+             f"  model_lib: \"<URL of the {model_type} {quantization} WebGPU .wasm for library key {key}>\",",
+             "}] };",
+             f"const engine = await CreateMLCEngine(\"{model_id}\", {{ appConfig }});", "```", "",
+             "### iOS / Android (mlc-package-config.json)", "", "```json",
+             json.dumps(package_entry, indent=2), "```", ""]
+    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
