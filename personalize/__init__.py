@@ -1,0 +1,1 @@
+from personalize.runtime import load  # noqa: F401
