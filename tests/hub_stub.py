@@ -517,3 +517,77 @@ class _Handler(BaseHTTPRequestHandler):
         chunk = data[start:end + 1]
         headers["Content-Length"] = len(chunk)
         self._send(status, chunk, headers, content_type="application/octet-stream")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Small, self-consistent artifacts for the publish tests (push / share / serve), written file by file:
+# a real tensor cache (artifacts.tensor_cache), an mlc-chat-config.json, tokenizer files, a model card
+# and personalize.json with the sha256 and size of every other file.
+CHATML = {"name": "chatml", "system_template": "<|im_start|>system\n{system_message}<|im_end|>\n",
+          "system_message": "", "roles": {"user": "<|im_start|>user", "assistant": "<|im_start|>assistant"},
+          "role_templates": {"user": "{user_message}", "assistant": "{assistant_message}"}, "messages": [],
+          "seps": ["<|im_end|>\n"], "role_content_sep": "\n", "role_empty_sep": "\n",
+          "stop_str": ["<|im_end|>"], "stop_token_ids": [2]}
+
+
+def make_fake_artifact(out, *, name: str = "tiny", seed: int = 0, shard_cap_bytes: int = 64 * 1024,
+                       quantization: str = "q0f16", model_config: dict | None = None, card: str | None = None):
+    from pathlib import Path
+
+    import numpy as np
+
+    from artifacts.tensor_cache import TensorCacheWriter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mc = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "num_hidden_layers": 2, "head_dim": 16, "vocab_size": 256, "rms_norm_eps": 1e-5,
+          "tie_word_embeddings": True, "context_window_size": 512, "prefill_chunk_size": 128,
+          **(model_config or {})}
+    rng = np.random.default_rng(seed)
+    dtype = {"q0f16": np.float16, "q0f32": np.float32}.get(quantization, np.float16)
+    writer = TensorCacheWriter(out, shard_cap_bytes=shard_cap_bytes)
+    h, i, v = mc["hidden_size"], mc["intermediate_size"], mc["vocab_size"]
+    kv = mc["num_key_value_heads"] * mc["head_dim"]
+    writer.add("model.embed_tokens.weight", rng.standard_normal((v, h)).astype(dtype))
+    for layer in range(mc["num_hidden_layers"]):
+        p = f"model.layers.{layer}"
+        writer.add(f"{p}.self_attn.qkv_proj.weight", rng.standard_normal((h + 2 * kv, h)).astype(dtype))
+        writer.add(f"{p}.self_attn.o_proj.weight", rng.standard_normal((h, h)).astype(dtype))
+        writer.add(f"{p}.mlp.gate_up_proj.weight", rng.standard_normal((2 * i, h)).astype(dtype))
+        writer.add(f"{p}.mlp.down_proj.weight", rng.standard_normal((h, i)).astype(dtype))
+        writer.add(f"{p}.input_layernorm.weight", np.ones(h, dtype))
+        writer.add(f"{p}.post_attention_layernorm.weight", np.ones(h, dtype))
+    writer.add("model.norm.weight", np.ones(h, dtype))
+    writer.finish({"ParamSize": writer.param_count, "ParamBytes": writer.param_bytes, "BitsPerParam": 16.0})
+    chat_config = {"version": "0.1.0", "model_type": "llama", "quantization": quantization, "model_config": mc,
+                   "vocab_size": v, "context_window_size": mc["context_window_size"], "sliding_window_size": -1,
+                   "prefill_chunk_size": mc["prefill_chunk_size"], "attention_sink_size": -1,
+                   "tensor_parallel_shards": 1, "pipeline_parallel_stages": 1,
+                   "tokenizer_files": ["tokenizer.json", "tokenizer_config.json"],
+                   "conv_template": CHATML, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    (out / "mlc-chat-config.json").write_text(json.dumps(chat_config, indent=2))
+    (out / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {
+        f"t{k}": k for k in range(v)}, "merges": []}, "seed": seed}))
+    (out / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    (out / "README.md").write_text(card or f"---\nlicense: apache-2.0\nlibrary_name: mlc-llm\n---\n# {name}\n")
+    files = {}
+    for path in sorted(out.iterdir()):
+        if path.is_file() and path.name != "personalize.json":
+            files[path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                "size": path.stat().st_size}
+    lineage = {"format": "personalize-artifact/1", "name": name, "created": "2026-01-01T00:00:00+00:00",
+               "source": {"kind": "model", "path": "/data/tiny-llama", "hub": "example/TinyLlama-Chat"},
+               "model_type": "llama", "quantization": quantization, "library_key": "0123456789abcdef",
+               "compiled_config": {}, "tools": {}, "files": files}
+    (out / "personalize.json").write_text(json.dumps(lineage, indent=2) + "\n")
+    return out
+
+
+def hash_tree(root) -> dict[str, str]:
+    """sha256 of every file under root, relative paths as keys."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,216 @@
+"""`personalize serve`: every registry artifact over HTTP in the Hub's `/{repo}/resolve/{rev}/{file}` layout.
+
+Repos are `local/<name>` for every artifact, plus the repo id each one was last pushed to, so WebLLM's
+`cleanModelUrl` (which appends `/resolve/main/`) and the MLC apps can fetch from it unchanged. Only
+files listed in the artifact's personalize.json (and personalize.json itself) are served, so no
+request can reach outside the artifact. GET and HEAD, single byte ranges (206 / 416), ETag = the
+sha256 from personalize.json (If-None-Match -> 304), CORS for browsers (WebLLM fetches cross-origin).
+`/libs/<file>` serves compiled libraries (e.g. a WebGPU .wasm) from the registry's libs/ directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import unquote, urlsplit
+
+from .hub import LINEAGE_FILE, read_published
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Range, If-None-Match, Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, Accept-Ranges, ETag, X-Repo-Commit",
+    "Access-Control-Max-Age": "86400",
+}
+RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+LIB_FILE = re.compile(r"^/libs/(?P<file>[A-Za-z0-9][A-Za-z0-9._-]*)$")
+CONTENT_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".txt": "text/plain",
+                 ".wasm": "application/wasm", ".jinja": "text/plain; charset=utf-8"}
+CHUNK = 1 << 20
+
+
+class ArtifactIndex:
+    """Maps served repo ids to artifact directories, read fresh on each request (the registry may change)."""
+
+    def __init__(self, names: Callable[[], list[str]], resolve: Callable[[str], Path], home: Path,
+                 libs_dir: Path | None = None):
+        self._names, self._resolve, self.home = names, resolve, Path(home)
+        self.libs_dir = Path(libs_dir) if libs_dir else None
+
+    @classmethod
+    def from_registry(cls, registry: Any) -> "ArtifactIndex":
+        return cls(registry.names, registry.resolve, registry.home, getattr(registry, "libs_dir", None))
+
+    def repos(self) -> dict[str, str]:
+        """{repo id: artifact name}."""
+        names = self._names()
+        out = {f"local/{n}": n for n in names}
+        for name, rec in read_published(self.home).items():
+            if name in names and rec.get("repo_id"):
+                out[rec["repo_id"]] = name
+        return out
+
+    def revisions(self, name: str) -> set[str]:
+        rec = read_published(self.home).get(name) or {}
+        return {"main"} | {r for r in (rec.get("revision"), rec.get("commit")) if r}
+
+    def lookup(self, repo: str, rev: str, file: str) -> tuple[Path, dict | None] | None:
+        """(path on disk, lineage record or None for personalize.json) or None if not served."""
+        name = self.repos().get(repo)
+        if name is None or rev not in self.revisions(name):
+            return None
+        root = self._resolve(name)
+        try:
+            lineage = json.loads((root / LINEAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        files = lineage.get("files") or {}
+        if file != LINEAGE_FILE and file not in files:
+            return None  # only listed files: this is what rules out '..', absolute paths and symlinks out
+        path = (root / file).resolve()
+        if not path.is_relative_to(root.resolve()) or not path.is_file():
+            return None
+        return path, (files.get(file) if file != LINEAGE_FILE else None)
+
+
+_etag_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_of(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _etag_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                h.update(block)
+        _etag_cache[key] = h.hexdigest()
+    return _etag_cache[key]
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
+    """'bytes=a-b' -> (start, end inclusive); None = serve everything; 'unsatisfiable' = 416."""
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header or "")
+    if not m or (not m.group(1) and not m.group(2)):
+        return None  # absent, malformed or multi-range: RFC 9110 lets us ignore it and send 200
+    if not m.group(1):  # suffix range: the last N bytes
+        n = int(m.group(2))
+        if n == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - n), size - 1
+    start = int(m.group(1))
+    end = int(m.group(2)) if m.group(2) else size - 1
+    if start >= size or end < start:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+class ShareHandler(BaseHTTPRequestHandler):
+    index: ArtifactIndex
+    protocol_version = "HTTP/1.1"
+    server_version = "personalize-serve"
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        if os.environ.get("PERSONALIZE_SERVE_LOG"):
+            super().log_message(fmt, *args)
+
+    def _headers(self, status: int, headers: dict) -> None:
+        self.send_response(status)
+        for key, value in {**CORS_HEADERS, **headers}.items():
+            self.send_header(key, str(value))
+        self.end_headers()
+
+    def _error(self, status: int, message: str) -> None:
+        body = (json.dumps({"error": message}) + "\n").encode()
+        self._headers(status, {"Content-Type": "application/json", "Content-Length": len(body)})
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_OPTIONS(self) -> None:  # CORS preflight
+        self._headers(204, {"Content-Length": 0})
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        raw = urlsplit(self.path).path
+        path = unquote(raw)
+        if path in ("/", "/api/models"):
+            return self._listing()
+        m = RESOLVE.match(path)
+        if m is not None:
+            found = self.index.lookup(m["repo"], m["rev"], m["file"])
+            if found is None:
+                return self._error(404, f"not found: {path}")
+            file, rec = found
+            etag = rec["sha256"] if rec else _sha256_of(file)
+            return self._file(file, etag, m["file"])
+        m = LIB_FILE.match(path)
+        if m is not None and self.index.libs_dir is not None:
+            file = (self.index.libs_dir / m["file"]).resolve()
+            if file.is_file() and file.is_relative_to(self.index.libs_dir.resolve()):
+                return self._file(file, _sha256_of(file), m["file"])
+        return self._error(404, f"not found: {path}")
+
+    def _listing(self) -> None:
+        repos = self.index.repos()
+        host = self.headers.get("host") or "%s:%d" % self.server.server_address[:2]
+        doc = [{"id": repo, "artifact": name, "url": f"http://{host}/{repo}"} for repo, name in sorted(repos.items())]
+        body = (json.dumps(doc, indent=2) + "\n").encode()
+        self._headers(200, {"Content-Type": "application/json", "Content-Length": len(body)})
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _file(self, file: Path, etag: str, name: str) -> None:
+        size = file.stat().st_size
+        quoted = f'"{etag}"'
+        base = {"ETag": quoted, "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
+                "Content-Type": CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")}
+        inm = self.headers.get("If-None-Match")
+        if inm and (inm.strip() == "*" or quoted in [t.strip() for t in inm.split(",")]):
+            return self._headers(304, {**base, "Content-Length": 0})
+        wanted = parse_range(self.headers.get("Range", ""), size)
+        if_range = self.headers.get("If-Range")
+        if wanted is not None and if_range and if_range.strip() != quoted:
+            wanted = None  # the client's copy is of another version: send the whole file
+        if wanted == "unsatisfiable":
+            return self._headers(416, {**base, "Content-Range": f"bytes */{size}", "Content-Length": 0})
+        start, end, status = 0, size - 1, 200
+        if isinstance(wanted, tuple):
+            (start, end), status = wanted, 206
+            base["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = max(0, end - start + 1)
+        self._headers(status, {**base, "Content-Length": length})
+        if self.command == "HEAD" or length == 0:
+            return
+        with open(file, "rb") as f:
+            f.seek(start)
+            remaining = length
+            try:
+                while remaining:
+                    block = f.read(min(CHUNK, remaining))
+                    if not block:
+                        break
+                    self.wfile.write(block)
+                    remaining -= len(block)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away (e.g. it only wanted the first bytes)
+
+
+def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    handler = type("BoundShareHandler", (ShareHandler,), {"index": index})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+__all__ = ["ArtifactIndex", "ShareHandler", "make_server", "parse_range", "CORS_HEADERS"]
