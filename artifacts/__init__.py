@@ -1,0 +1,20 @@
+"""Write, read and verify MLC-compatible artifact directories (tensor cache, chat config, lineage, card).
+
+A leaf package: it never imports `personalize`; architecture facts arrive as data.
+"""
+
+from .chat_config import build_chat_config, choose_conv_template, read_chat_config, write_chat_config
+from .conv_template import detect_conv_template, named_template, prompt_token_ids, render_prompt
+from .errors import ArtifactError, ChatConfigError, ConvTemplateError, LineageError, TensorCacheError
+from .lineage import file_map, hash_file, read_lineage, write_lineage
+from .model_card import render_model_card
+from .tensor_cache import TensorCacheWriter, iter_tensors, load_tensor, param_stats, read_tensor_cache
+from .verify import Problem, verify_artifact
+
+__all__ = [
+    "ArtifactError", "ChatConfigError", "ConvTemplateError", "LineageError", "Problem", "TensorCacheError",
+    "TensorCacheWriter", "build_chat_config", "choose_conv_template", "detect_conv_template", "file_map",
+    "hash_file", "iter_tensors", "load_tensor", "named_template", "param_stats", "prompt_token_ids",
+    "read_chat_config", "read_lineage", "read_tensor_cache", "render_model_card", "render_prompt",
+    "verify_artifact", "write_chat_config", "write_lineage",
+]  # fmt: skip

@@ -196,6 +196,17 @@ def prefix_text(conv: dict[str, Any], id_to_token: Callable[[int], str | None]) 
     return "".join(out)
 
 
+def prompt_token_ids(conv: dict[str, Any], messages: Sequence[dict[str, Any]], tokenizer: Any, *,
+                     add_generation_prompt: bool = True) -> list[int]:
+    """Token ids an MLC runtime feeds the model: system_prefix_token_ids (BOS) + the encoded prompt.
+
+    The text is encoded without the tokenizer's own special tokens, as MLC's tokenizers do.
+    """
+    text = render_prompt(conv, messages, add_generation_prompt=add_generation_prompt)
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    return list(conv.get("system_prefix_token_ids") or []) + ids
+
+
 # -- detection ------------------------------------------------------------------------------------
 HfRender = Callable[[list[dict[str, str]], bool], str]  # (messages, add_generation_prompt) -> prompt
 

@@ -14,6 +14,7 @@ from artifacts.conv_template import (
     SYSTEM_PLACEHOLDER,
     named_template,
     prefix_text,
+    prompt_token_ids,
     render_prompt,
     tokenizer_facts,
 )
@@ -34,6 +35,8 @@ def assert_reproduces(model_dir: Path, chats, **kwargs):
         want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         got = prefix_text(det.conv, facts.id_to_token) + render_prompt(det.conv, messages)
         assert got == want, (messages, got, want)
+        # what the runtime tokenizes: BOS as prefix ids, then the text without the tokenizer's own specials
+        assert prompt_token_ids(det.conv, messages, tok) == tok.encode(want, add_special_tokens=False)
     return det
 
 
