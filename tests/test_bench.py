@@ -1,0 +1,66 @@
+"""The benchmark's own machinery: the measurement harness and the synthetic model writer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from _measure import CommandFailed, run_measured, warm_page_cache  # noqa: E402
+from _synthetic_model import llama_tensor_shapes, padded_tokenizer_json, write_random_safetensors  # noqa: E402
+
+SMOLLM2 = Path("/work/cache/smollm2")
+
+
+def test_peak_rss_sees_a_child_allocation(tmp_path):
+    # 300 MB touched by the child: the kernel high-water mark must see it, wherever it lands.
+    code = "import numpy as np, time; a = np.ones(300_000_000 // 8); time.sleep(0.2); print(a.sum())"
+    m = run_measured("alloc", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
+    assert m.ok and m.wall_s > 0.2
+    assert m.peak_rss_bytes > 300e6
+    assert m.peak_anon_bytes > 250e6  # sampled, so allow for a missed last sample's slack
+    small = run_measured("small", [sys.executable, "-c", "pass"], sync_first=False)
+    assert small.peak_rss_bytes < m.peak_rss_bytes - 250e6
+
+
+def test_failed_command_raises_with_log_tail(tmp_path):
+    with pytest.raises(CommandFailed) as info:
+        run_measured("boom", [sys.executable, "-c", "import sys; print('the reason'); sys.exit(3)"],
+                     log_path=tmp_path / "log", sync_first=False)
+    assert info.value.measurement.returncode == 3
+    assert "the reason" in str(info.value)
+
+
+def test_streamed_safetensors_reads_back(tmp_path):
+    cfg = {"hidden_size": 64, "intermediate_size": 128, "vocab_size": 300, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "num_hidden_layers": 2, "tie_word_embeddings": False}
+    shapes = llama_tensor_shapes(cfg)
+    path = tmp_path / "model.safetensors"
+    nbytes = write_random_safetensors(path, shapes, rows_per_chunk=7)  # chunking must not change layout
+    tensors = load_file(path)
+    assert set(tensors) == {n for n, _ in shapes}
+    assert sum(t.nbytes for t in tensors.values()) == nbytes
+    for name, shape in shapes:
+        assert tensors[name].shape == shape
+    w = tensors["model.layers.1.mlp.down_proj.weight"].astype(np.float32)
+    assert 0.015 < w.std() < 0.025
+    assert np.all(tensors["model.norm.weight"].astype(np.float32) == 1)
+    assert warm_page_cache([path]) == path.stat().st_size
+
+
+@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(), reason="needs the SmolLM2 checkout")
+def test_padded_tokenizer_encodes_like_the_original(tmp_path):
+    from tokenizers import Tokenizer
+
+    padded = tmp_path / "tokenizer.json"
+    padded.write_text(json.dumps(padded_tokenizer_json(SMOLLM2 / "tokenizer.json", 128256), ensure_ascii=False))
+    a, b = Tokenizer.from_file(str(SMOLLM2 / "tokenizer.json")), Tokenizer.from_file(str(padded))
+    assert b.get_vocab_size() == 128256
+    text = "\n \n\n \t 🚀 (normal) 3333 3..3 我想在apple工作 нещо I've 'RE <|im_start|>user"
+    assert a.encode(text).ids == b.encode(text).ids
