@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_artifacts_fixtures import make_model_dir
+from tests.test_artifacts_fixtures import make_model_dir
 
 from artifacts.chat_config import build_chat_config, detect_tokenizer_info, read_chat_config, write_chat_config
 from artifacts.errors import ChatConfigError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_artifacts_fixtures import FAMILIES, make_model_dir
+from tests.test_artifacts_fixtures import FAMILIES, make_model_dir
 from transformers import AutoTokenizer
 
 from artifacts.chat_config import choose_conv_template

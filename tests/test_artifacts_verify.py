@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from huggingface_hub import ModelCard
-from test_artifacts_fixtures import make_model_dir
+from tests.test_artifacts_fixtures import make_model_dir
 
 from artifacts.chat_config import build_chat_config, write_chat_config
 from artifacts.lineage import hash_file, read_lineage, write_lineage
