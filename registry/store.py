@@ -139,6 +139,7 @@ def _staged(destination: Path, overwrite: bool) -> Iterator[Path]:
     except OSError as exc:
         raise RegistryError(f"cannot write to {parent}: {exc.strerror}", path=parent,
                             hint="choose a writable output location with free space") from exc
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; an artifact is as readable as any new dir
     try:
         yield tmp
         if destination.exists():
@@ -154,6 +155,12 @@ def _staged(destination: Path, overwrite: bool) -> Iterator[Path]:
 
 
 staged_directory = contextmanager(_staged)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_name(name: str) -> str:
