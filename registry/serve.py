@@ -60,8 +60,8 @@ class ArtifactIndex:
         rec = read_published(self.home).get(name) or {}
         return {"main"} | {r for r in (rec.get("revision"), rec.get("commit")) if r}
 
-    def lookup(self, repo: str, rev: str, file: str) -> tuple[Path, dict | None] | None:
-        """(path on disk, lineage record or None for personalize.json) or None if not served."""
+    def lookup(self, repo: str, rev: str, file: str) -> tuple[Path, dict | None, str] | None:
+        """(path on disk, lineage record or None for personalize.json, commit id) or None if not served."""
         name = self.repos().get(repo)
         if name is None or rev not in self.revisions(name):
             return None
@@ -76,7 +76,12 @@ class ArtifactIndex:
         path = (root / file).resolve()
         if not path.is_relative_to(root.resolve()) or not path.is_file():
             return None
-        return path, (files.get(file) if file != LINEAGE_FILE else None)
+        # huggingface_hub clients require a commit id; the pushed commit when the files are that commit's.
+        pushed = read_published(self.home).get(name) or {}
+        commit = pushed.get("commit") if repo == pushed.get("repo_id") else None
+        if not commit:
+            commit = hashlib.sha1((root / LINEAGE_FILE).read_bytes()).hexdigest()
+        return path, (files.get(file) if file != LINEAGE_FILE else None), commit
 
 
 _etag_cache: dict[tuple[str, int, int], str] = {}
@@ -151,9 +156,9 @@ class ShareHandler(BaseHTTPRequestHandler):
             found = self.index.lookup(m["repo"], m["rev"], m["file"])
             if found is None:
                 return self._error(404, f"not found: {path}")
-            file, rec = found
+            file, rec, commit = found
             etag = rec["sha256"] if rec else _sha256_of(file)
-            return self._file(file, etag, m["file"])
+            return self._file(file, etag, m["file"], {"X-Repo-Commit": commit})
         m = LIB_FILE.match(path)
         if m is not None and self.index.libs_dir is not None:
             file = (self.index.libs_dir / m["file"]).resolve()
@@ -170,10 +175,10 @@ class ShareHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _file(self, file: Path, etag: str, name: str) -> None:
+    def _file(self, file: Path, etag: str, name: str, extra: dict | None = None) -> None:
         size = file.stat().st_size
         quoted = f'"{etag}"'
-        base = {"ETag": quoted, "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
+        base = {**(extra or {}), "ETag": quoted, "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
                 "Content-Type": CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")}
         inm = self.headers.get("If-None-Match")
         if inm and (inm.strip() == "*" or quoted in [t.strip() for t in inm.split(",")]):

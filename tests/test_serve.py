@@ -1,0 +1,205 @@
+"""`personalize serve` with real HTTP requests: layout, HEAD, Range, ETag, CORS, 404s, path traversal."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from registry import hub as hubmod
+from registry.serve import ArtifactIndex, make_server, parse_range
+from registry.store import Registry
+from tests.hub_stub import make_fake_artifact
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def served(home):
+    art = make_fake_artifact(home / "artifacts" / "tiny", name="tiny")
+    make_fake_artifact(home / "artifacts" / "other", name="other", seed=1)
+    result = hubmod.PushResult(repo_id="alice/tiny-MLC", revision="main", endpoint="https://huggingface.co",
+                               commit="b" * 40, head="b" * 40, uploaded=[], unchanged=[], deleted=[], files=[])
+    hubmod.record_push(home, "tiny", result)
+    (home / "libs").mkdir(exist_ok=True)
+    (home / "libs" / "tiny-q0f16_cs1k-webgpu.wasm").write_bytes(b"\0asm\1\0\0\0")
+    server = make_server(ArtifactIndex.from_registry(Registry(home)), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server.server_address[1], art
+    server.shutdown()
+    server.server_close()
+
+
+def request(port: int, method: str, path: str, headers: dict | None = None):
+    """A raw request: http.client sends the path exactly as given (no '..' normalization)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def test_get_serves_listed_files_with_etag_cors_and_length(served):
+    port, art = served
+    lineage = json.loads((art / "personalize.json").read_text())
+    for rel, rec in lineage["files"].items():
+        status, headers, body = request(port, "GET", f"/local/tiny/resolve/main/{rel}")
+        assert status == 200, rel
+        assert body == (art / rel).read_bytes()
+        assert headers["etag"] == f'"{rec["sha256"]}"' and hashlib.sha256(body).hexdigest() == rec["sha256"]
+        assert int(headers["content-length"]) == rec["size"]
+        assert headers["access-control-allow-origin"] == "*"
+        assert "etag" in headers["access-control-expose-headers"].lower()
+        assert "content-range" in headers["access-control-expose-headers"].lower()
+        assert headers["accept-ranges"] == "bytes"
+    status, headers, body = request(port, "GET", "/local/tiny/resolve/main/personalize.json")
+    assert status == 200 and json.loads(body)["name"] == "tiny"
+    assert headers["etag"] == f'"{hashlib.sha256(body).hexdigest()}"'
+
+
+def test_pushed_repo_id_is_an_alias(served):
+    port, art = served
+    status, headers, body = request(port, "GET", "/alice/tiny-MLC/resolve/main/mlc-chat-config.json")
+    assert status == 200 and body == (art / "mlc-chat-config.json").read_bytes()
+    assert headers["x-repo-commit"] == "b" * 40
+    assert request(port, "GET", f"/alice/tiny-MLC/resolve/{'b' * 40}/tokenizer.json")[0] == 200
+    assert request(port, "GET", "/local/other/resolve/main/tokenizer.json")[0] == 200
+    status, _, body = request(port, "GET", "/")
+    ids = {r["id"] for r in json.loads(body)}
+    assert ids == {"local/tiny", "local/other", "alice/tiny-MLC"}
+
+
+def test_head_has_headers_and_no_body(served):
+    port, art = served
+    size = (art / "params_shard_0.bin").stat().st_size
+    status, headers, body = request(port, "HEAD", "/local/tiny/resolve/main/params_shard_0.bin")
+    assert status == 200 and body == b"" and int(headers["content-length"]) == size and headers["etag"]
+
+
+@pytest.mark.parametrize("rng,start,end", [("bytes=10-19", 10, 19), ("bytes=100-", 100, None),
+                                           ("bytes=-7", -7, None), ("bytes=0-0", 0, 0),
+                                           ("bytes=5-999999999", 5, None)])
+def test_range_requests(served, rng, start, end):
+    port, art = served
+    data = (art / "params_shard_1.bin").read_bytes()
+    want = data[start:] if end is None else data[start:end + 1]
+    status, headers, body = request(port, "GET", "/local/tiny/resolve/main/params_shard_1.bin", {"Range": rng})
+    assert status == 206 and body == want and int(headers["content-length"]) == len(want)
+    first = start if start >= 0 else len(data) + start
+    assert headers["content-range"] == f"bytes {first}-{first + len(want) - 1}/{len(data)}"
+
+
+def test_unsatisfiable_range_and_stale_if_range(served):
+    port, art = served
+    size = (art / "params_shard_1.bin").stat().st_size
+    path = "/local/tiny/resolve/main/params_shard_1.bin"
+    status, headers, body = request(port, "GET", path, {"Range": f"bytes={size}-"})
+    assert status == 416 and headers["content-range"] == f"bytes */{size}" and body == b""
+    status, _, body = request(port, "GET", path, {"Range": "bytes=0-9", "If-Range": '"not-the-etag"'})
+    assert status == 200 and len(body) == size  # the client's copy is another version: whole file
+    status, _, body = request(port, "GET", path, {"Range": "bytes=0-1,5-6"})
+    assert status == 200 and len(body) == size  # multi-range: ignored, as RFC 9110 allows
+
+
+def test_if_none_match_gives_304(served):
+    port, art = served
+    path = "/local/tiny/resolve/main/tokenizer.json"
+    etag = request(port, "HEAD", path)[1]["etag"]
+    status, headers, body = request(port, "GET", path, {"If-None-Match": etag})
+    assert status == 304 and body == b"" and headers["etag"] == etag
+    assert request(port, "GET", path, {"If-None-Match": '"other"'})[0] == 200
+
+
+def test_cors_preflight(served):
+    port, _ = served
+    status, headers, body = request(port, "OPTIONS", "/local/tiny/resolve/main/params_shard_0.bin",
+                                    {"Origin": "https://example.org", "Access-Control-Request-Method": "GET",
+                                     "Access-Control-Request-Headers": "range"})
+    assert status == 204 and body == b""
+    assert headers["access-control-allow-origin"] == "*"
+    assert "GET" in headers["access-control-allow-methods"]
+    assert "range" in headers["access-control-allow-headers"].lower()
+
+
+@pytest.mark.parametrize("path", [
+    "/local/nope/resolve/main/tokenizer.json",
+    "/local/tiny/resolve/main/does-not-exist.json",
+    "/local/tiny/resolve/dev/tokenizer.json",  # only main (and the pushed revision/commit) exist
+    "/local/tiny/tokenizer.json",
+    "/libs/missing.wasm",
+])
+def test_not_found(served, path):
+    port, _ = served
+    status, headers, _ = request(port, "GET", path)
+    assert status == 404 and headers["access-control-allow-origin"] == "*"
+
+
+@pytest.mark.parametrize("path", [
+    "/local/tiny/resolve/main/../../../../etc/passwd",
+    "/local/tiny/resolve/main/..%2f..%2f..%2f..%2fetc%2fpasswd",
+    "/local/tiny/resolve/main/%2e%2e/%2e%2e/home/personalize.json",
+    "/local/tiny/resolve/main//etc/passwd",
+    "/local/tiny/resolve/main/secret.txt",  # in the directory, but not part of the artifact
+    "/local/tiny/resolve/main/link.json",  # a listed symlink pointing outside
+    "/local/..%2f..%2fetc/resolve/main/passwd",
+    "/libs/..%2fpublished.json",
+    "/libs/../published.json",
+])
+def test_no_path_traversal(served, path, home):
+    port, art = served
+    (art / "secret.txt").write_text("TOP-SECRET-CONTENT")
+    outside = home / "outside.json"
+    outside.write_text('{"leak": "OUTSIDE-CONTENT"}')
+    (art / "link.json").symlink_to(outside)
+    lineage = json.loads((art / "personalize.json").read_text())
+    lineage["files"]["link.json"] = {"sha256": "0" * 64, "size": outside.stat().st_size}
+    (art / "personalize.json").write_text(json.dumps(lineage))
+    status, _, body = request(port, "GET", path)
+    assert status == 404 and b"CONTENT" not in body and b"root:" not in body
+
+
+def test_libs_are_served(served, home):
+    port, _ = served
+    status, headers, body = request(port, "GET", "/libs/tiny-q0f16_cs1k-webgpu.wasm")
+    assert status == 200 and body == b"\0asm\1\0\0\0" and headers["content-type"] == "application/wasm"
+
+
+def test_huggingface_hub_client_downloads_from_serve(served, tmp_path):
+    port, art = served
+    from huggingface_hub import hf_hub_download
+
+    got = hf_hub_download("local/tiny", "params_shard_2.bin", endpoint=f"http://127.0.0.1:{port}",
+                          cache_dir=tmp_path, token=False)
+    assert Path(got).read_bytes() == (art / "params_shard_2.bin").read_bytes()
+
+
+def test_parse_range_edge_cases():
+    assert parse_range("", 10) is None and parse_range("bytes=", 10) is None and parse_range("items=1-2", 10) is None
+    assert parse_range("bytes=-0", 10) == "unsatisfiable" and parse_range("bytes=5-2", 10) == "unsatisfiable"
+    assert parse_range("bytes=-20", 10) == (0, 9) and parse_range("bytes=0-", 0) == "unsatisfiable"
+
+
+def test_cli_serve_subprocess(home):
+    art = make_fake_artifact(home / "artifacts" / "tiny", name="tiny")
+    env = {**os.environ, "PERSONALIZE_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-c", "from personalize.cli import main; main()", "serve",
+                             "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO_ROOT)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+        port = int(url.rsplit(":", 1)[1])
+        status, _, body = request(port, "GET", "/local/tiny/resolve/main/tensor-cache.json")
+        assert status == 200 and body == (art / "tensor-cache.json").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

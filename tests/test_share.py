@@ -1,0 +1,192 @@
+"""`personalize share`: the records each MLC runtime takes, and the VRAM estimate behind them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from registry import hub as hubmod
+from registry.share import (ShareError, estimate_vram, parameter_bytes, share_records, system_lib_name,
+                            webgpu_wasm_name)
+from tests.conftest import run_cli
+from tests.hub_stub import make_fake_artifact
+
+LIB_KEY = "0123456789abcdef"  # what make_fake_artifact records
+
+
+# ----------------------------------------------------------------------------- schema checks
+def check_model_record(rec: dict) -> None:
+    """WebLLM's ModelRecord (src/config.ts): required model, model_id, model_lib; typed optionals."""
+    assert isinstance(rec["model"], str) and rec["model"].startswith("http")
+    assert isinstance(rec["model_id"], str) and rec["model_id"]
+    assert isinstance(rec["model_lib"], str) and rec["model_lib"].endswith("-webgpu.wasm")
+    assert isinstance(rec["vram_required_MB"], (int, float)) and rec["vram_required_MB"] > 0
+    assert isinstance(rec["low_resource_required"], bool)
+    assert all(isinstance(f, str) for f in rec.get("required_features", []))
+    assert isinstance(rec["overrides"], dict)
+    for key in ("context_window_size", "prefill_chunk_size"):
+        assert isinstance(rec["overrides"][key], int) and rec["overrides"][key] > 0
+    allowed = {"model", "model_id", "model_lib", "overrides", "vram_required_MB", "low_resource_required",
+               "buffer_size_required_bytes", "required_features", "model_type", "integrity"}
+    assert set(rec) <= allowed
+
+
+def check_package_entry(entry: dict) -> None:
+    """mlc-package-config.json model_list entry (mlc_llm/interface/package.py)."""
+    assert isinstance(entry["model"], str) and isinstance(entry["model_id"], str)
+    assert isinstance(entry["estimated_vram_bytes"], int) and entry["estimated_vram_bytes"] > 0
+    assert isinstance(entry["bundle_weight"], bool)
+    if not entry["model"].startswith("HF://"):
+        assert entry["bundle_weight"] is True  # package.py requires bundling for local paths
+    assert isinstance(entry["model_lib"], str) and "-" not in entry["model_lib"]  # a C symbol prefix
+    allowed_overrides = {"context_window_size", "sliding_window_size", "prefill_chunk_size", "attention_sink_size",
+                         "max_batch_size", "tensor_parallel_shards", "pipeline_parallel_stages", "opt"}
+    assert set(entry.get("overrides", {})) <= allowed_overrides
+    assert set(entry) <= {"model", "model_id", "estimated_vram_bytes", "bundle_weight", "overrides", "model_lib"}
+
+
+def check_share_doc(doc: dict) -> None:
+    check_model_record(doc["webllm"]["model_record"])
+    assert doc["webllm"]["app_config"]["model_list"] == [doc["webllm"]["model_record"]]
+    for device in ("iphone", "android"):
+        cfg = doc["mlc_package_config"][device]
+        assert cfg["device"] == device and len(cfg["model_list"]) == 1
+        check_package_entry(cfg["model_list"][0])
+    assert doc["mlc_llm"]["argv"][:2] == ["mlc_llm", "chat"]
+    assert doc["mlc_llm"]["command"].startswith("mlc_llm chat ")
+    v = doc["vram"]
+    assert v["total"] == v["parameters"] + v["kv_cache"] + v["activations"]
+    assert doc["mlc_package_config"]["iphone"]["model_list"][0]["estimated_vram_bytes"] == v["total"]
+    assert math.isclose(doc["webllm"]["model_record"]["vram_required_MB"], v["total"] / 2**20, abs_tol=0.01)
+
+
+# ----------------------------------------------------------------------------- VRAM
+def smollm2_tensor_cache() -> dict:
+    """tensor-cache.json records with SmolLM2-135M's library parameter shapes (q0f16, tied embeddings)."""
+    h, i, layers, v, q, kv = 576, 1536, 30, 49152, 9 * 64, 3 * 64
+    recs = [("model.embed_tokens.weight", [v, h])]
+    for n in range(layers):
+        recs += [(f"model.layers.{n}.self_attn.qkv_proj.weight", [q + 2 * kv, h]),
+                 (f"model.layers.{n}.self_attn.o_proj.weight", [h, q]),
+                 (f"model.layers.{n}.mlp.gate_up_proj.weight", [2 * i, h]),
+                 (f"model.layers.{n}.mlp.down_proj.weight", [h, i]),
+                 (f"model.layers.{n}.input_layernorm.weight", [h]),
+                 (f"model.layers.{n}.post_attention_layernorm.weight", [h])]
+    recs.append(("model.norm.weight", [h]))
+    return {"records": [{"dataPath": "params_shard_0.bin", "records": [
+        {"name": n, "shape": s, "dtype": "float16", "format": "f32-to-bf16", "nbytes": 2 * math.prod(s)}
+        for n, s in recs]}]}
+
+
+SMOLLM2_CHAT = {"model_type": "llama", "quantization": "q0f16", "vocab_size": 49152, "context_window_size": 4096,
+                "sliding_window_size": -1, "prefill_chunk_size": 1024,
+                "model_config": {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
+                                 "num_key_value_heads": 3, "num_hidden_layers": 30, "head_dim": 64,
+                                 "vocab_size": 49152}}
+
+
+def test_vram_estimate_for_smollm2_matches_the_formula_and_webllm():
+    est = estimate_vram(SMOLLM2_CHAT, smollm2_tensor_cache())
+    assert est.parameters == 2 * 134_515_008  # SmolLM2-135M's parameter count, fp16
+    assert est.kv_cache == 30 * 2 * 3 * 64 * 4096 * 2
+    assert est.activations == 1024 * (3 * 576 + 2 * 1536) * 2 + 49152 * 4
+    # WebLLM publishes vram_required_MB = 359.69 for its q0f16 ctx4k build of this model.
+    assert abs(est.total_mib - 359.69) / 359.69 < 0.02
+
+
+def test_vram_counts_f32_to_bf16_records_at_their_decoded_size():
+    cache = {"records": [{"records": [{"name": "w", "shape": [10, 4], "dtype": "float32", "format": "f32-to-bf16",
+                                       "nbytes": 80},
+                                      {"name": "q", "shape": [10, 2], "dtype": "uint32", "format": "f32-to-bf16",
+                                       "nbytes": 80}]}]}
+    assert parameter_bytes(cache) == 10 * 4 * 4 + 10 * 2 * 4
+
+
+def test_vram_uses_kv_dtype_of_the_quantization_and_sliding_window():
+    chat = json.loads(json.dumps(SMOLLM2_CHAT))
+    chat.update(quantization="q4f32_1", context_window_size=-1, sliding_window_size=1024)
+    est = estimate_vram(chat, smollm2_tensor_cache())
+    assert est.model_dtype == "float32" and est.context_window_size == 1024
+    assert est.kv_cache == 30 * 2 * 3 * 64 * 1024 * 4
+
+
+def test_names_follow_mlc_conventions():
+    assert system_lib_name("qwen2", "q4f16_1", "ab-cd") == "qwen2_q4f16_1_ab_cd"
+    assert webgpu_wasm_name("SmolLM2-135M-Instruct", "q0f16", 1024) == "SmolLM2-135M-Instruct-q0f16_cs1k-webgpu.wasm"
+    assert webgpu_wasm_name("M", "q4f16_1", 500) == "M-q4f16_1_cs500-webgpu.wasm"
+
+
+# ----------------------------------------------------------------------------- records
+def test_hub_records(tmp_path):
+    art = make_fake_artifact(tmp_path / "tiny", name="tiny")
+    doc = share_records(art, name="tiny", repo_id="alice/tiny-MLC")
+    check_share_doc(doc)
+    rec = doc["webllm"]["model_record"]
+    assert rec["model"] == "https://huggingface.co/alice/tiny-MLC" and rec["model_id"] == "tiny-MLC"
+    assert rec["required_features"] == ["shader-f16"]
+    assert rec["model_lib"].endswith("/TinyLlama-Chat-q0f16_cs128-webgpu.wasm")  # the source model's library
+    assert rec["overrides"] == {"context_window_size": 512, "prefill_chunk_size": 128}
+    entry = doc["mlc_package_config"]["iphone"]["model_list"][0]
+    assert entry == {"model": "HF://alice/tiny-MLC", "model_id": "tiny-MLC",
+                     "estimated_vram_bytes": doc["vram"]["total"], "model_lib": f"llama_q0f16_{LIB_KEY}",
+                     "bundle_weight": False, "overrides": rec["overrides"]}
+    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", "HF://alice/tiny-MLC"]  # no library built: JIT
+    assert any("compiles one on first run" in n for n in doc["notes"])
+
+
+def test_branch_and_other_endpoint(tmp_path):
+    art = make_fake_artifact(tmp_path / "tiny", quantization="q0f32")
+    doc = share_records(art, name="tiny", repo_id="alice/t", revision="dev", endpoint="http://mirror.local")
+    check_share_doc(doc)
+    rec = doc["webllm"]["model_record"]
+    assert rec["model"] == "http://mirror.local/alice/t/resolve/dev/"  # WebLLM keeps an explicit /resolve/<rev>/
+    assert "required_features" not in rec  # f32 needs no shader-f16
+    assert any("main branch" in n for n in doc["notes"]) and any("mirror.local" in n for n in doc["notes"])
+
+
+def test_local_records_and_compiled_library(tmp_path):
+    art = make_fake_artifact(tmp_path / "tiny", name="tiny")
+    libs = tmp_path / "libs"
+    (libs / LIB_KEY).mkdir(parents=True)
+    lib = libs / LIB_KEY / f"llama_q0f16_{LIB_KEY}-llvm.so"
+    lib.write_bytes(b"\x7fELF")
+    doc = share_records(art, name="tiny", local_url="http://127.0.0.1:9999", libs_dir=libs)
+    check_share_doc(doc)
+    assert doc["webllm"]["model_record"]["model"] == "http://127.0.0.1:9999/local/tiny"
+    assert doc["webllm"]["model_record"]["model_lib"].startswith("http://127.0.0.1:9999/libs/")
+    entry = doc["mlc_package_config"]["android"]["model_list"][0]
+    assert entry["model"] == str(art) and entry["bundle_weight"] is True
+    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", str(art), "--model-lib", str(lib)]
+
+
+def test_not_pushed_and_no_repo_is_an_error(tmp_path):
+    art = make_fake_artifact(tmp_path / "tiny")
+    with pytest.raises(ShareError, match="has not been pushed") as info:
+        share_records(art, name="tiny")
+    assert "personalize push" in info.value.hint
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_share_uses_the_recorded_push(home):
+    make_fake_artifact(home / "artifacts" / "tiny", name="tiny")
+    code, out, err = run_cli("share", "tiny", "--json")
+    assert code == 2 and "has not been pushed" in err
+    result = hubmod.PushResult(repo_id="acme/tiny-MLC", revision="main", endpoint="https://huggingface.co",
+                               commit="a" * 40, head="a" * 40, uploaded=[], unchanged=[], deleted=[], files=[])
+    hubmod.record_push(home, "tiny", result)
+    code, out, err = run_cli("share", "tiny", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    check_share_doc(doc)
+    assert doc["repo_id"] == "acme/tiny-MLC" and doc["mlc_llm"]["model"] == "HF://acme/tiny-MLC"
+    code, out, _ = run_cli("share", "tiny", "--repo", "bob/other", "--json")
+    assert code == 0 and json.loads(out)["repo_id"] == "bob/other"
+    code, out, _ = run_cli("share", "tiny", "--local", "--port", "8800", "--json")
+    assert code == 0 and json.loads(out)["model_url"] == "http://127.0.0.1:8800/local/tiny"
+    code, out, _ = run_cli("share", "tiny")
+    assert code == 0 and "mlc_llm chat HF://acme/tiny-MLC" in out and '"model_id": "tiny-MLC"' in out
+    code, _, err = run_cli("share", "tiny", "--repo", "no-slash")
+    assert code == 2 and "invalid Hub repo id" in err
