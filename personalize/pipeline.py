@@ -99,8 +99,7 @@ def check_sources(model: ModelDir, params: list[SourceParam],
     shape_overrides = shape_overrides or {}
     infos = model.weights.tensors
     for param in params:
-        rows = 0
-        for source in param.sources:
+        for i, source in enumerate(param.sources):
             info = infos.get(source)
             if info is None:
                 where = model.weights.index or model.weights.files[0]
@@ -110,23 +109,11 @@ def check_sources(model: ModelDir, params: list[SourceParam],
                 raise IngestError(f"tensor {source} has dtype {info.dtype}, expected float32/float16/bfloat16",
                                   path=info.file, hint="save the model in float32, float16 or bfloat16")
             shape = tuple(shape_overrides.get(source, info.shape))
-            expected_tail = tuple(param.shape[1:])
-            if tuple(shape[1:]) != expected_tail or len(shape) != len(param.shape):
-                raise IngestError(
-                    f"tensor {source} has shape {list(info.shape)}, config.json implies "
-                    f"{[_source_rows(param, len(param.sources))] + list(expected_tail)}",
-                    path=info.file, hint="the weights do not match config.json; use the matching config")
-            rows += shape[0]
-        if rows != param.shape[0]:
-            raise IngestError(
-                f"tensor {param.sources[0]} has shape {list(shape)}; config.json implies "
-                f"{param.shape[0] // len(param.sources) if len(param.sources) > 1 else param.shape[0]} rows "
-                f"for {param.name}", path=infos[param.sources[0]].file,
-                hint="the weights do not match config.json; use the matching config")
-
-
-def _source_rows(param: SourceParam, n: int) -> int:
-    return param.shape[0] // n if n > 1 else param.shape[0]
+            expected = param.expected_source_shape(i)
+            if shape != expected:
+                raise IngestError(f"tensor {source} has shape {list(shape)}, config.json implies {list(expected)}",
+                                  path=info.file, hint="the weights do not match config.json; use the matching "
+                                  "config or re-save the model")
 
 
 # A merge step: (hf_name, base array) -> array (the adapter merge plugs in here).

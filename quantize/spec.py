@@ -33,6 +33,11 @@ class SourceParam:
     sources: tuple[str, ...]
     role: Role
     symbolic_shape: tuple[Dim, ...] | None = None
+    source_rows: tuple[int, ...] | None = None  # rows each source contributes (None: one source)
+
+    def expected_source_shape(self, index: int) -> tuple[int, ...]:
+        rows = self.source_rows[index] if self.source_rows else self.shape[0]
+        return (rows,) + tuple(self.shape[1:])
 
     @property
     def module(self) -> str:

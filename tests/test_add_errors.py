@@ -107,17 +107,18 @@ def test_non_finite_weight(home, tmp_path, bad):
 
 
 def test_read_only_output(home, model, tmp_path):
+    """An output location nobody may write (sysfs refuses even root): one line, nothing written."""
     if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions; covered by the full-disk test")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, _, err = run_cli("add", str(model), "--no-eval", "--quiet", "--output", str(ro / "out"))
-        assert code == 2 and "ro" in err
-        assert list(ro.iterdir()) == []
-    finally:
-        ro.chmod(0o700)
+        target = Path("/sys/personalize-test-output")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "out"
+    code, out, err = run_cli("add", str(model), "--no-eval", "--quiet", "--output", str(target))
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and str(target.parent) in err
+    assert not target.exists()
 
 
 def test_output_location_is_a_file(home, model, tmp_path):

@@ -36,13 +36,16 @@ def decoder_params(config: LibraryConfig, qkv: str, qkv_bias: bool, lm_head: boo
         p = f"model.layers.{i}"
         a = f"{p}.self_attn"
         out.append(SourceParam(f"{a}.{qkv}.weight", ((h + 2 * kv) * hd, hidden),
-                               (f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"), "linear"))
+                               (f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"), "linear",
+                               source_rows=(h * hd, kv * hd, kv * hd)))
         if qkv_bias:
             out.append(SourceParam(f"{a}.{qkv}.bias", ((h + 2 * kv) * hd,),
-                                   (f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"), "bias"))
+                                   (f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"), "bias",
+                                   source_rows=(h * hd, kv * hd, kv * hd)))
         out.append(SourceParam(f"{a}.o_proj.weight", (hidden, h * hd), (f"{a}.o_proj.weight",), "linear"))
         out.append(SourceParam(f"{p}.mlp.gate_up_proj.weight", (2 * inter, hidden),
-                               (f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"), "linear"))
+                               (f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"), "linear",
+                               source_rows=(inter, inter)))
         out.append(SourceParam(f"{p}.mlp.down_proj.weight", (hidden, inter), (f"{p}.mlp.down_proj.weight",), "linear"))
         out.append(SourceParam(f"{p}.input_layernorm.weight", (hidden,), (f"{p}.input_layernorm.weight",), "norm"))
         out.append(SourceParam(f"{p}.post_attention_layernorm.weight", (hidden,),
