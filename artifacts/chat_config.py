@@ -23,7 +23,7 @@ from .conv_template import (
     tokenizer_facts,
     tokenizer_render,
 )
-from .errors import ChatConfigError, ConvTemplateError
+from .errors import ChatConfigError
 from .format import MLC_CHAT_CONFIG_JSON, MLC_CHAT_CONFIG_VERSION, TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,21 @@ def choose_conv_template(source_dir: Path, *, conv_template: str | None = None, 
         eos_token_ids = _eos_ids(_read_json(source_dir / "generation_config.json"),
                                  _read_json(source_dir / "config.json"))
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(source_dir)
-    if tokenizer is None:
-        raise ConvTemplateError("no tokenizer to read the chat template from", path=source_dir,
-                                hint="pass --conv-template NAME")
-    if not getattr(tokenizer, "chat_template", None):
-        # A completion model: plain text in, BOS first, stop at EOS (MLC's "LM" shape).
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        # No chat template to follow: a completion model. Plain text in, BOS first, stop at EOS
+        # (the shape of MLC's "LM" template, with this model's ids).
+        if tokenizer is not None:
+            bos = tokenizer.bos_token_id
+        else:
+            bos = next((d.get("bos_token_id") for d in (_read_json(source_dir / "generation_config.json"),
+                                                         _read_json(source_dir / "config.json"))
+                        if d and d.get("bos_token_id") is not None), None)
+        log.warning("no chat template in %s: using a plain-text (LM) conversation template; "
+                    "pass --conv-template NAME for a chat model", source_dir)
         conv = named_template("LM")
-        conv["system_prefix_token_ids"] = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else None
+        conv["system_prefix_token_ids"] = [int(bos)] if isinstance(bos, int) else None
         conv["stop_token_ids"] = list(eos_token_ids)
-        return Detection(conv=conv, method="no_chat_template", named="LM")
+        return Detection(conv=conv, method="no_tokenizer" if tokenizer is None else "no_chat_template", named="LM")
     return detect_conv_template(tokenizer_render(tokenizer), tokenizer_facts(tokenizer, eos_token_ids))
 
 

@@ -103,3 +103,16 @@ def test_duplicated_added_tokens_refused(tmp_path):
     with pytest.raises(ChatConfigError, match="twice"):
         build_chat_config(model_type="gemma", quantization="q0f16", model_config=tiny_model_config(120),
                           source_dir=model_dir)
+
+
+def test_no_tokenizer_falls_back_to_plain_text_template(tmp_path):
+    src = tmp_path / "bare"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama", "bos_token_id": 5, "eos_token_id": [6, 7]}))
+    doc, files = build_chat_config(model_type="llama", quantization="q0f16", model_config=tiny_model_config(32),
+                                   source_dir=src)
+    assert files == [] and doc["tokenizer_files"] == []
+    conv = doc["conv_template"]
+    assert conv["name"] == "LM" and conv["system_prefix_token_ids"] == [5] and conv["stop_token_ids"] == [6, 7]
+    assert doc["tokenizer_info"]["token_postproc_method"] == "byte_fallback"
+    assert doc["active_vocab_size"] == 32
