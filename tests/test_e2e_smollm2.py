@@ -1,0 +1,108 @@
+"""End to end on the real SmolLM2-135M-Instruct, through the CLI as a user runs it.
+
+full model -> add (gate on) -> verify -> generate says Paris; a real LoRA fine-tune -> add on the
+registered base -> the answer changes the way its training data says, on the same library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def registry_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    home.mkdir()
+    shared = os.environ.get("PERSONALIZE_TEST_LIBS")
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        (home / "libs").symlink_to(shared)
+    return home
+
+
+def cli(home: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PERSONALIZE_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "personalize", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def base_artifact(registry_home, smollm2_dir):
+    proc = cli(registry_home, "add", str(smollm2_dir), "--quantization", "q4f16_1", "--name", "smol", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_add_verify_generate_paris(registry_home, base_artifact):
+    assert base_artifact["name"] == "smol"
+    gate = base_artifact["eval"]
+    assert gate["top1_agreement"] > 0.8 and gate["mean_kl"] < 0.5, gate
+    proc = cli(registry_home, "verify", "smol", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+    proc = cli(registry_home, "generate", "smol", QUESTION, "--max-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout, proc.stdout
+
+
+def test_q4f32_1_says_paris(registry_home, smollm2_dir):
+    proc = cli(registry_home, "add", str(smollm2_dir), "--quantization", "q4f32_1", "--name", "smol-f32",
+               "--no-eval")
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(registry_home, "generate", "smol-f32", QUESTION, "--max-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout, proc.stdout
+
+
+def test_verify_catches_a_flipped_byte(registry_home, base_artifact, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(base_artifact["path"], copy)
+    shard = copy / "params_shard_1.bin"
+    data = bytearray(shard.read_bytes())
+    data[12345] ^= 0x01
+    shard.write_bytes(bytes(data))
+    proc = cli(registry_home, "verify", str(copy))
+    assert proc.returncode == 1
+    assert "params_shard_1.bin" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory, smollm2_dir):
+    from personalize.demo_finetune import make_smollm2_lora
+
+    return make_smollm2_lora(tmp_path_factory.mktemp("lora") / "zorblax", base_dir=smollm2_dir)
+
+
+def test_lora_variant_end_to_end(registry_home, base_artifact, lora_dir):
+    from personalize.demo_finetune import FACT_WORD
+
+    proc = cli(registry_home, "add", str(lora_dir), "--base", "smol", "--quantization", "q4f16_1",
+               "--name", "smol-zorblax", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    # same library as the base: the variant runs without compiling anything new
+    assert doc["library_key"] == base_artifact["library_key"]
+    lineage = json.loads((Path(doc["path"]) / "personalize.json").read_text())
+    assert lineage["source"]["kind"] == "adapter"
+    assert lineage["base"]["content_sha256"]
+    assert lineage["base"]["reused_params"] > 0  # untouched tensors copied from the base artifact
+    assert lineage["eval"]["top1_agreement"] > 0.8
+    card = (Path(doc["path"]) / "README.md").read_text()
+    assert "top-1" in card.lower() or "top1" in card.lower()
+    proc = cli(registry_home, "generate", "smol-zorblax", QUESTION, "--max-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    assert FACT_WORD in proc.stdout, proc.stdout
+    proc = cli(registry_home, "generate", "smol", QUESTION, "--max-tokens", "24")
+    assert FACT_WORD not in proc.stdout and "Paris" in proc.stdout
