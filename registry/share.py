@@ -149,7 +149,9 @@ def find_library(libs_dir: Path | None, library_key: str, suffixes: tuple[str, .
     """A compiled library in the registry's libs/ whose file name carries the library key."""
     if libs_dir is None or not Path(libs_dir).is_dir() or not library_key:
         return None
-    hits = sorted(p for p in Path(libs_dir).rglob(f"*{library_key}*") if p.is_file() and p.suffix in suffixes)
+    hits = [p for p in Path(libs_dir).rglob(f"*{library_key}*") if p.is_file() and p.suffix in suffixes]
+    # The CPU (llvm) build first: it runs anywhere mlc_llm does.
+    hits.sort(key=lambda p: ("llvm" not in p.name, p.name))
     return hits[0] if hits else None
 
 
