@@ -428,3 +428,17 @@ def record_push(home: Path, name: str, result: PushResult) -> dict:
         f.write("\n")
     os.replace(tmp, path)
     return records[name]
+
+
+def forget_push(home: Path, name: str) -> bool:
+    """Drop the push record of `name` (for `rm`, so a new artifact of that name does not inherit it)."""
+    records = read_published(home)
+    if records.pop(name, None) is None:
+        return False
+    path = published_path(home)
+    fd, tmp = tempfile.mkstemp(prefix=".published-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(records, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return True

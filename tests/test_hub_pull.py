@@ -178,3 +178,5 @@ def test_published_records_round_trip(tmp_path):
     hubmod.record_push(tmp_path, "y", result)
     rec = hubmod.last_push(tmp_path, "x")
     assert rec["repo_id"] == "alice/x" and rec["commit"] == "c" * 40 and set(hubmod.read_published(tmp_path)) == {"x", "y"}
+    assert hubmod.forget_push(tmp_path, "x") is True and hubmod.forget_push(tmp_path, "x") is False
+    assert set(hubmod.read_published(tmp_path)) == {"y"}
