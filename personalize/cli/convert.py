@@ -109,7 +109,11 @@ def show(target: str = typer.Argument(..., help="registry name or artifact direc
 @handle_errors
 def rm(name: str = typer.Argument(..., help="registry name")) -> None:
     """Remove an artifact from the registry."""
-    path = Registry().remove(name)
+    registry = Registry()
+    path = registry.remove(name)
+    from registry.hub import forget_push
+
+    forget_push(registry.home, name)  # a later artifact of the same name must not inherit the push record
     stderr.print(f"removed {name} ({path})")
 
 
