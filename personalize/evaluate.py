@@ -55,15 +55,10 @@ def perplexity(logits: np.ndarray, ids: list[int]) -> float:
     return float(np.exp(nll.mean()))
 
 
-def gate_sequences(tokenizer, conv_template: dict) -> list[list[int]]:
-    """Token ids of the gate inputs: each prompt in the artifact's chat format, then the text."""
-    from artifacts.conv_template import render_prompt
-
-    seqs = []
-    for prompt in GATE_PROMPTS:
-        text = render_prompt(conv_template, [{"role": "user", "content": prompt}])
-        seqs.append(tokenizer.encode(text, add_special_tokens=False))
-    seqs.append(tokenizer.encode(GATE_TEXT, add_special_tokens=False))
+def gate_sequences(model) -> list[list[int]]:
+    """Token ids of the gate inputs: each prompt in the artifact's own chat format, then the text."""
+    seqs = [model.prompt_ids([{"role": "user", "content": prompt}]) for prompt in GATE_PROMPTS]
+    seqs.append(model.encode(GATE_TEXT))
     return seqs
 
 
@@ -99,15 +94,12 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
 
 def run_gate(artifact_dir: Path, reference_dir: Path, adapter_dir: Path | None, quantization: str,
              device: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
-    import json
-
     from personalize import load as load_artifact
 
-    chat = json.loads((Path(artifact_dir) / "mlc-chat-config.json").read_text())
     if log:
         log("equivalence gate: loading the artifact into its library (built once per library key)")
     model = load_artifact(str(artifact_dir), device=device)
-    seqs = gate_sequences(model.tokenizer, chat["conv_template"])
+    seqs = gate_sequences(model)
     reference = load_reference(Path(reference_dir), adapter_dir)
     totals = {"kl_sum": 0.0, "positions": 0, "top1_equal": 0}
     ppl = {}

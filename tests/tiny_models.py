@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=320, max_position_embeddings=256, rms_norm_eps=1e-5)
 
-SMOLLM2_TOKENIZER = Path("/work/cache/smollm2")
 
 
 def make_tiny_model(out: Path, model_type: str = "llama", *, tied: bool = True, dtype: str = "bfloat16",
@@ -41,11 +39,37 @@ def make_tiny_model(out: Path, model_type: str = "llama", *, tied: bool = True, 
     return Path(out)
 
 
-def add_chatml_tokenizer(model_dir: Path, source: Path = SMOLLM2_TOKENIZER) -> None:
-    """Copy a real tokenizer (ids < 320 are used by short ASCII texts) and its chat template."""
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (source / f).exists():
-            shutil.copyfile(source / f, Path(model_dir) / f)
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def add_chatml_tokenizer(model_dir: Path) -> None:
+    """A real byte-level BPE tokenizer with 259 ids (3 specials + 256 bytes) and a ChatML template.
+
+    Small enough for the tiny models' vocab, so chat prompts, generation and the equivalence gate
+    run on them end to end.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    model_dir = Path(model_dir)
+    tok.save(str(model_dir / "tokenizer.json"))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>", "chat_template": CHATML_TEMPLATE,
+        "model_max_length": 256}, indent=2))
+    (model_dir / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2,
+                                                                  "pad_token_id": 2}, indent=2))
 
 
 def write_config(model_dir: Path, **changes) -> None:
