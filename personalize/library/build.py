@@ -72,6 +72,12 @@ class ExportedLibrary:
     metadata: dict
 
 
+def graph_params(config: LibraryConfig, quantization: str, target_kind: str = "llvm") -> list[dict]:
+    """The graph's parameter list (name, shape with symbols, dtype), without exporting it."""
+    model = CausalLM(config, GraphOptions(get_scheme(quantization), make_target(target_kind)))
+    return [param_json(n, p.shape, p.dtype) for n, p in model.named_parameters()]
+
+
 def export(config: LibraryConfig, quantization: str, target_kind: str) -> ExportedLibrary:
     scheme = get_scheme(quantization)
     target = make_target(target_kind)
@@ -79,6 +85,8 @@ def export(config: LibraryConfig, quantization: str, target_kind: str) -> Export
     model = CausalLM(config, opts)
     mod, named_params = model.export_tvm(spec=model.get_default_spec())
     params = [param_json(n, p.shape, p.dtype) for n, p in named_params]
+    if params != graph_params(config, quantization, target_kind):
+        raise LibraryError("export_tvm reordered the parameters", hint="this is a bug in the graph definition")
     expected = expected_params(config, quantization)
     if expected is not None and expected != params:
         diff = [f"{a} != {b}" for a, b in zip(expected, params) if a != b][:3] or ["lengths differ"]

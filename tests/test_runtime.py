@@ -1,0 +1,240 @@
+"""The runtime against transformers: prefill logits, greedy decoding, one library for many fine-tunes,
+refusal of mismatched artifacts, and group-quantized weights dequantized in the graph.
+
+Tiny random models (tests/tiny_models.py, bf16 on disk so the artifact's bf16-encoded float32 is
+exact). Libraries compile once per module into a shared libs dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from personalize.pipeline import add_model
+from personalize.runtime import ArtifactMismatchError, TokenRangeError, load
+from tests.tiny_models import add_chatml_tokenizer, make_tiny_model
+
+IDS = [5, 17, 99, 3, 250, 11, 42, 7, 300, 1, 64, 128]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One $PERSONALIZE_HOME for the module, so each library is compiled once."""
+    h = tmp_path_factory.mktemp("runtime-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PERSONALIZE_HOME", str(h))
+        yield h
+
+
+@pytest.fixture(scope="module")
+def artifacts(home, tmp_path_factory):
+    """artifact(src_dir, quantization) -> artifact dir (memoized)."""
+    root = tmp_path_factory.mktemp("artifacts")
+    made: dict = {}
+
+    def make(src: Path, quantization: str) -> Path:
+        key = (str(src), quantization)
+        if key not in made:
+            made[key] = add_model(src, quantization=quantization, output=root / f"{src.name}-{quantization}").path
+        return Path(made[key])
+
+    return make
+
+
+def hf_logits(model_dir: Path, ids: list[int], state_dict: dict | None = None) -> np.ndarray:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if state_dict is not None:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        assert not unexpected and all("rotary" in m or m == "lm_head.weight" for m in missing), (missing, unexpected)
+        if model.config.tie_word_embeddings:
+            model.tie_weights()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
+def test_q0f32_logits_match_transformers(fixture, request, artifacts):
+    src = request.getfixturevalue(fixture)
+    model = load(artifacts(src, "q0f32"))
+    got = model.logits(IDS)
+    ref = hf_logits(src, IDS)
+    assert got.shape == ref.shape == (len(IDS), 320)
+    assert rel_err(got, ref) < 1e-4
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+def test_greedy_tokens_match_transformers(fixture, request, artifacts):
+    from transformers import AutoModelForCausalLM
+
+    src = request.getfixturevalue(fixture)
+    model = load(artifacts(src, "q0f32"))
+    eng = model.engine
+    eng.reset()
+    ours = [int(np.argmax(eng.prefill(IDS[:5])))]
+    for _ in range(9):
+        ours.append(int(np.argmax(eng.decode(ours[-1]))))
+    hf = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    out = hf.generate(torch.tensor([IDS[:5]]), max_new_tokens=10, do_sample=False, min_new_tokens=10,
+                      pad_token_id=0)
+    assert ours == out[0, 5:].tolist()
+
+
+def test_two_finetunes_share_one_library(home, artifacts, tiny_llama, tmp_path):
+    other = make_tiny_model(tmp_path / "tiny-llama-ft", "llama", tied=True, seed=7)
+    add_chatml_tokenizer(other)
+    a, b = artifacts(tiny_llama, "q0f32"), artifacts(other, "q0f32")
+    assert json.loads((a / "mlc-chat-config.json").read_text())["model_config"] == \
+        json.loads((b / "mlc-chat-config.json").read_text())["model_config"]
+    load(a)  # builds (or finds) the library
+    libs_before = {p: p.stat().st_mtime_ns for p in (home / "libs").glob("*.so")}
+    messages: list[str] = []
+    mb = load(b, log=messages.append)
+    assert not any("building" in m for m in messages), messages
+    assert {p: p.stat().st_mtime_ns for p in (home / "libs").glob("*.so")} == libs_before
+    ma = load(a)
+    assert ma.lib_path == mb.lib_path
+    la, lb = ma.logits(IDS), mb.logits(IDS)
+    assert rel_err(lb, hf_logits(other, IDS)) < 1e-4
+    assert np.abs(la - lb).max() > 0.1  # really different weights through the same library
+
+
+def test_mismatched_artifacts_are_refused(artifacts, tiny_llama, tiny_llama_untied, tmp_path):
+    tied_lib = load(artifacts(tiny_llama, "q0f32")).lib_path
+    with pytest.raises(ArtifactMismatchError) as err:  # an extra lm_head would be silently dropped by MLC
+        load(artifacts(tiny_llama_untied, "q0f32"), lib=tied_lib)
+    assert err.value.field and err.value.path and err.value.hint
+    # a hidden scalar (baked into the library) differs: named, with the file at fault
+    bad = tmp_path / "bad-eps"
+    shutil.copytree(artifacts(tiny_llama, "q0f32"), bad)
+    cfg = json.loads((bad / "mlc-chat-config.json").read_text())
+    cfg["model_config"]["rms_norm_eps"] = 1e-6
+    (bad / "mlc-chat-config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactMismatchError) as err:
+        load(bad, lib=tied_lib)
+    assert err.value.field == "model_config.rms_norm_eps"
+    assert err.value.path.endswith("mlc-chat-config.json")
+    # another quantization on this library
+    with pytest.raises(ArtifactMismatchError) as err:
+        load(artifacts(tiny_llama, "q4f32_1"), lib=tied_lib)
+    assert err.value.field == "quantization"
+
+
+def test_token_ids_out_of_range_are_refused(artifacts, tiny_llama):
+    model = load(artifacts(tiny_llama, "q0f32"))
+    with pytest.raises(TokenRangeError):
+        model.logits([1, 2, 320])
+    with pytest.raises(TokenRangeError):
+        model.logits([-1])
+    assert model.logits([1, 2]).shape == (2, 320)  # still usable afterwards
+
+
+def test_generate_applies_template_and_streams(artifacts, tiny_llama):
+    model = load(artifacts(tiny_llama, "q0f32"))
+    prompt_ids = model.prompt_ids([{"role": "user", "content": "hi"}])
+    text = model.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    assert "hi" in text and text.endswith(model.conv["roles"]["assistant"] + model.conv["role_empty_sep"])
+    full = model.generate("hi", max_tokens=8)
+    assert full == "".join(model.generate("hi", max_tokens=8, stream=True))
+    sampled = model.generate("hi", max_tokens=8, temperature=0.8, top_p=0.9, seed=1)
+    assert sampled == model.generate("hi", max_tokens=8, temperature=0.8, top_p=0.9, seed=1)
+
+
+# --- q4f32_1: the library dequantizes exactly what the converter wrote ---------------------------------
+
+def read_artifact_tensors(artifact: Path) -> dict[str, np.ndarray]:
+    doc = json.loads((artifact / "tensor-cache.json").read_text())
+    out = {}
+    for shard in doc["records"]:
+        data = (artifact / shard["dataPath"]).read_bytes()
+        for r in shard["records"]:
+            raw = data[r["byteOffset"]: r["byteOffset"] + r["nbytes"]]
+            if r["dtype"] == "float32" and r["format"] == "f32-to-bf16":
+                arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            else:
+                arr = np.frombuffer(raw, r["dtype"])
+            out[r["name"]] = arr.reshape(r["shape"])
+    return out
+
+
+def dequantize_nk(q_weight: np.ndarray, q_scale: np.ndarray, k: int, bits=4, group=32) -> np.ndarray:
+    epu, max_int = 32 // bits, (1 << (bits - 1)) - 1
+    shifts = np.arange(epu, dtype=np.uint32) * bits
+    codes = ((q_weight[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(q_weight.shape[0], -1)[:, :k]
+    scale = np.repeat(q_scale.astype(np.float32), group, axis=1)[:, :k]
+    return (codes.astype(np.float32) - max_int) * scale
+
+
+def hf_state_from_artifact(artifact: Path, hf_config: dict) -> dict[str, torch.Tensor]:
+    """Undo fusion and quantization: the HF state dict the library effectively computes with."""
+    h, kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
+    d = hf_config["hidden_size"] // h
+    tensors = read_artifact_tensors(artifact)
+    dense: dict[str, np.ndarray] = {}
+    for name, arr in tensors.items():
+        if name.endswith("q_scale"):
+            continue
+        if name.endswith("q_weight"):
+            module = name[: -len(".q_weight")]
+            k = hf_config["hidden_size"] if "down_proj" not in module else hf_config["intermediate_size"]
+            if "o_proj" in module:
+                k = h * d
+            dense[module + ".weight"] = dequantize_nk(arr, tensors[module + ".q_scale"], k)
+        else:
+            dense[name] = arr.astype(np.float32)
+    state = {}
+    for name, arr in dense.items():
+        if ".qkv_proj." in name:
+            q, k_, v = np.split(arr, [h * d, h * d + kv * d], axis=0)
+            for part, w in (("q_proj", q), ("k_proj", k_), ("v_proj", v)):
+                state[name.replace("qkv_proj", part)] = torch.from_numpy(np.ascontiguousarray(w))
+        elif ".gate_up_proj." in name:
+            g, u = np.split(arr, 2, axis=0)
+            state[name.replace("gate_up_proj", "gate_proj")] = torch.from_numpy(np.ascontiguousarray(g))
+            state[name.replace("gate_up_proj", "up_proj")] = torch.from_numpy(np.ascontiguousarray(u))
+        else:
+            state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+    return state
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied"])
+def test_q4f32_logits_match_transformers_on_dequantized_weights(fixture, request, artifacts):
+    src = request.getfixturevalue(fixture)
+    art = artifacts(src, "q4f32_1")
+    hf_config = json.loads((src / "config.json").read_text())
+    ref = hf_logits(src, IDS, hf_state_from_artifact(art, hf_config))
+    got = load(art).logits(IDS)
+    assert rel_err(got, ref) < 1e-4
+    assert rel_err(got, hf_logits(src, IDS)) > 1e-3  # the 4-bit error is really there
+
+
+def test_runtime_loads_without_compiler(artifacts, tiny_llama, tmp_path):
+    """TVM_USE_RUNTIME_LIB=1: the library runs with only libtvm_runtime (as on a phone or the GPU box)."""
+    import subprocess
+    import sys
+
+    art = artifacts(tiny_llama, "q0f32")
+    lib = load(art).lib_path
+    code = ("import sys, numpy as np; from personalize.runtime.engine import Engine; "
+            f"e = Engine({str(lib)!r}, __import__('pathlib').Path({str(art)!r}), 320); "
+            "l = e.logits([5, 17, 99]); import tvm; "
+            "print('compiler' , any('libtvm_compiler' in x for x in open('/proc/self/maps').read().split())); "
+            "np.save(sys.argv[1], l)")
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "l.npy")], env=env, capture_output=True,
+                         text=True, cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compiler False" in out.stdout
+    assert rel_err(np.load(tmp_path / "l.npy"), hf_logits(tiny_llama, [5, 17, 99])) < 1e-4
