@@ -1,0 +1,100 @@
+"""From unquantized library parameters to what the compiled library takes: names, shapes, arrays.
+
+`library_params` is the contract (the parameter list a library is compiled against);
+`quantize_param` produces exactly those arrays for one parameter, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantize.errors import NonFiniteWeightError, QuantizeError
+from quantize.schemes import Scheme
+from quantize.spec import Dim, LibraryParam, SourceParam
+
+_SOURCE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def library_params(params: list[SourceParam], scheme: Scheme) -> list[LibraryParam]:
+    """The compiled library's parameter list, in order, for these params under `scheme`."""
+    out: list[LibraryParam] = []
+    for p in params:
+        out.extend(_library_params_of(p, scheme))
+    return out
+
+
+def _library_params_of(p: SourceParam, scheme: Scheme) -> list[LibraryParam]:
+    shape: tuple[Dim, ...] = p.symbolic_shape if p.symbolic_shape is not None else p.shape
+    if not scheme.quantizes(p.role):
+        return [LibraryParam(p.name, tuple(shape), scheme.model_dtype)]
+    if len(p.shape) != 2:
+        raise QuantizeError(
+            f"{p.name}: role {p.role} needs a 2-D weight, got shape {p.shape}",
+            hint="this is a bug in the architecture definition",
+        )
+    n, k = shape
+    words = scheme.num_storage(int(p.shape[1]))
+    groups = scheme.num_groups(int(p.shape[1]))
+    q_weight: tuple[Dim, ...] = (n, words)
+    q_scale: tuple[Dim, ...] = (n, groups)
+    if scheme.transposes(p.role):
+        q_weight, q_scale = q_weight[::-1], q_scale[::-1]
+    return [
+        LibraryParam(f"{p.module}.q_weight", q_weight, scheme.storage),
+        LibraryParam(f"{p.module}.q_scale", q_scale, scheme.model_dtype),
+    ]
+
+
+def quantize_param(param: SourceParam, weight: np.ndarray, scheme: Scheme) -> list[tuple[str, np.ndarray]]:
+    """The library arrays for one parameter: [(name, array)] in library_params order.
+
+    `weight` is the (already concatenated) source tensor in its source dtype. It is cast to the
+    model dtype (RNE, overflow -> inf), checked to be finite, then quantized if the role is.
+    """
+    from quantize.group import NonFiniteRows, group_quantize  # torch loads only when arrays are made
+
+    _check_input(param, weight)
+    if not scheme.quantizes(param.role):
+        return [(param.name, _cast_checked(param, weight, scheme.model_dtype))]
+    try:
+        q_weight, q_scale = group_quantize(
+            weight, scheme.model_dtype, scheme.bits, scheme.group_size, transpose=scheme.transposes(param.role)
+        )
+    except NonFiniteRows as bad:
+        raise _non_finite(param, weight, scheme.model_dtype, bad.row) from None
+    return [(f"{param.module}.q_weight", q_weight), (f"{param.module}.q_scale", q_scale)]
+
+
+def _check_input(param: SourceParam, weight: np.ndarray) -> None:
+    if weight.dtype.name not in _SOURCE_DTYPES:
+        raise QuantizeError(
+            f"{param.name}: source dtype {weight.dtype} is not float32, float16 or bfloat16",
+            hint="convert the checkpoint to a floating-point dtype first",
+        )
+    if tuple(weight.shape) != tuple(param.shape):
+        raise QuantizeError(
+            f"{param.name}: source shape {tuple(weight.shape)} differs from the expected {tuple(param.shape)}",
+            hint="check that config.json matches the weight files",
+        )
+
+
+def _cast_checked(param: SourceParam, weight: np.ndarray, model_dtype: str) -> np.ndarray:
+    from quantize.group import NonFiniteRows, cast_finite
+
+    try:
+        return cast_finite(weight, model_dtype)
+    except NonFiniteRows as bad:
+        raise _non_finite(param, weight, model_dtype, bad.row) from None
+
+
+def _non_finite(param: SourceParam, weight: np.ndarray, model_dtype: str, row: int) -> NonFiniteWeightError:
+    """Say whether the source itself is bad or the values overflow the model dtype."""
+    source_row = np.asarray(weight[row : row + 1] if weight.ndim > 1 else weight, dtype=np.float32)
+    if not np.isfinite(source_row).all():
+        what = f"NaN or Inf in the source weights (row {row})"
+        hint = "the checkpoint is corrupt or the fine-tune diverged; re-export it"
+    else:
+        biggest = float(np.abs(source_row).max())
+        what = f"a value of magnitude {biggest:.6g} (row {row}) overflows {model_dtype}"
+        hint = "pick a scheme with a wider model dtype (e.g. q4bf16_1 or q0bf16)"
+    return NonFiniteWeightError(f"{param.name}: {what}", param=param.name, hint=hint)
