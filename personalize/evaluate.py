@@ -24,6 +24,7 @@ GATE_TEXT = (
     "The quick brown fox jumps over the lazy dog. Paris is the capital and most populous city of France. "
     "Water boils at one hundred degrees Celsius at sea level, and the Earth orbits the Sun once a year."
 )
+MAX_GATE_TOKENS = 256
 # For q0 schemes: the only differences left are float rounding of the stored weights.
 Q0_LIMITS = {"q0f32": (2e-3, 0.97), "q0bf16": (2e-2, 0.93), "q0f16": (2e-2, 0.93)}
 
@@ -59,7 +60,10 @@ def gate_sequences(model) -> list[list[int]]:
     """Token ids of the gate inputs: each prompt in the artifact's own chat format, then the text."""
     seqs = [model.prompt_ids([{"role": "user", "content": prompt}]) for prompt in GATE_PROMPTS]
     seqs.append(model.encode(GATE_TEXT))
-    return seqs
+    # stay inside what the library accepts in one prefill (tiny test models have short windows)
+    limits = [model.chat_config.get(k) for k in ("context_window_size", "prefill_chunk_size", "sliding_window_size")]
+    cap = min([MAX_GATE_TOKENS] + [int(x) for x in limits if isinstance(x, int) and x > 0])
+    return [ids[:cap] for ids in seqs]
 
 
 def load_reference(reference_dir: Path, adapter_dir: Path | None):
