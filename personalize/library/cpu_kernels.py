@@ -107,40 +107,7 @@ def _group_kernel(fmt: WeightFormat, K: int, R: int):
     kn = fmt.layout == "KN"
 
     if not kn:
-        @T.prim_func(private=True, s_tir=True)
-        def group_linear(var_x: T.handle, var_qw: T.handle, var_qs: T.handle, var_y: T.handle):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-            m = T.int64()
-            N = T.int64()
-            x = T.match_buffer(var_x, (m, K), f32)
-            qw = T.match_buffer(var_qw, (N, words), "uint32")
-            qs = T.match_buffer(var_qs, (N, groups), sdt)
-            y = T.match_buffer(var_y, (m, N), f32)
-            for no in T.parallel((N + R - 1) // R):
-                with T.sblock("group_linear"):
-                    row = T.sblock_alloc_buffer((R, KP), f32, scope="local")
-                    acc = T.sblock_alloc_buffer((R, lanes), f32, scope="local")
-                    for r in T.unroll(R):
-                        for w in range(used_words):
-                            for e in T.vectorized(epu):
-                                row[r, w * epu + e] = (T.Cast(f32, T.bitwise_and(
-                                    T.shift_right(qw[T.min(no * R + r, N - 1), w], T.Cast("uint32", e * bits)),
-                                    T.uint32(mask))) - T.float32(mi)) * T.Cast(
-                                        f32, qs[T.min(no * R + r, N - 1), w * epu // gs])
-                    for i in range(m):
-                        for r in T.unroll(R):
-                            for ki in T.vectorized(lanes):
-                                acc[r, ki] = T.float32(0)
-                        for ko in range(KO):
-                            for r in T.unroll(R):
-                                for ki in T.vectorized(lanes):
-                                    acc[r, ki] = acc[r, ki] + x[i, ko * lanes + ki] * row[r, ko * lanes + ki]
-                        for r in T.unroll(R):
-                            y[i, T.min(no * R + r, N - 1)] = T.float32(0)
-                            for ki in T.unroll(lanes):
-                                y[i, T.min(no * R + r, N - 1)] = y[i, T.min(no * R + r, N - 1)] + acc[r, ki]
-
-        return group_linear
+        return _group_kernel_nk(fmt, K, R)
 
     @T.prim_func(private=True, s_tir=True)
     def group_linear_kn(var_x: T.handle, var_qw: T.handle, var_qs: T.handle, var_y: T.handle):
@@ -176,3 +143,106 @@ def _group_kernel(fmt: WeightFormat, K: int, R: int):
                             y[i, T.min(no * R + r, N - 1)] = y[i, T.min(no * R + r, N - 1)] + acc[r, ki]
 
     return group_linear_kn
+
+
+def _word_lanes(words: int) -> int:
+    for lanes in (16, 8, 4, 2):
+        if words % lanes == 0:
+            return lanes
+    return 1
+
+
+def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
+    """NK layout, vectorized across words: element e of word w goes to slot [e, w] of a permuted row.
+
+    x is permuted the same way once per call (xp[i, e, w] = x[i, w*epu + e]); a dot product does
+    not care about the order, and this turns the unpacking into contiguous 16-lane shifts instead
+    of per-word broadcasts. Scales are expanded per word (sw[w]) once per row.
+    """
+    epu, bits, gs, mi = fmt.epu, fmt.bits, fmt.group_size, fmt.max_int
+    words, groups = fmt.words(K), fmt.groups(K)
+    W = -(-K // epu)  # words that hold elements < K
+    lanes = _word_lanes(W)
+    WO = W // lanes
+    mask = (1 << bits) - 1
+    f32, sdt = "float32", fmt.dtype
+    wpg = gs // epu  # words per group
+
+    @T.prim_func(private=True, s_tir=True)
+    def group_linear_nk(var_x: T.handle, var_qw: T.handle, var_qs: T.handle, var_y: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()
+        N = T.int64()
+        x = T.match_buffer(var_x, (m, K), f32)
+        qw = T.match_buffer(var_qw, (N, words), "uint32")
+        qs = T.match_buffer(var_qs, (N, groups), sdt)
+        y = T.match_buffer(var_y, (m, N), f32)
+        with T.sblock("root"):
+            xp = T.sblock_alloc_buffer((m, epu, W), f32)
+            for i, e, w in T.grid(m, epu, W):
+                with T.sblock("permute_x"):
+                    xp[i, e, w] = T.if_then_else(w * epu + e < K, x[i, T.min(w * epu + e, K - 1)], T.float32(0))
+            # sum of x over each word's elements, for the zero point: sum_e x*(c - mi) = sum_e x*c - mi*sum_e x
+            xsum = T.sblock_alloc_buffer((m, W), f32)
+            for i, w in T.grid(m, W):
+                with T.sblock("sum_x"):
+                    xsum[i, w] = T.float32(0)
+                    for e in range(epu):
+                        xsum[i, w] = xsum[i, w] + xp[i, e, w]
+            for no in T.parallel((N + R - 1) // R):
+                with T.sblock("group_linear_nk"):
+                    row = T.sblock_alloc_buffer((R, epu, W), f32, scope="local")
+                    sw = T.sblock_alloc_buffer((R, W), f32, scope="local")
+                    acc = T.sblock_alloc_buffer((R, lanes), f32, scope="local")
+                    part = T.sblock_alloc_buffer((R, lanes), f32, scope="local")
+                    for r in T.unroll(R):
+                        for w in range(W):
+                            sw[r, w] = T.Cast(f32, qs[T.min(no * R + r, N - 1), w // wpg])
+                    if m == 1:
+                        # decode: unpack straight into the dot product, scale once per word
+                        for r in T.unroll(R):
+                            for wi in T.vectorized(lanes):
+                                acc[r, wi] = T.float32(0)
+                        for wo in range(WO):
+                            for r in T.unroll(R):
+                                for wi in T.vectorized(lanes):
+                                    part[r, wi] = T.float32(0)
+                            for e in T.unroll(epu):
+                                for r in T.unroll(R):
+                                    for wi in T.vectorized(lanes):
+                                        part[r, wi] = part[r, wi] + xp[0, e, wo * lanes + wi] * T.Cast(
+                                            f32, T.bitwise_and(T.shift_right(
+                                                qw[T.min(no * R + r, N - 1), wo * lanes + wi], T.uint32(e * bits)),
+                                                T.uint32(mask)))
+                            for r in T.unroll(R):
+                                for wi in T.vectorized(lanes):
+                                    acc[r, wi] = acc[r, wi] + sw[r, wo * lanes + wi] * (
+                                        part[r, wi] - T.float32(mi) * xsum[0, wo * lanes + wi])
+                        for r in T.unroll(R):
+                            y[0, T.min(no * R + r, N - 1)] = T.float32(0)
+                            for wi in T.unroll(lanes):
+                                y[0, T.min(no * R + r, N - 1)] = y[0, T.min(no * R + r, N - 1)] + acc[r, wi]
+                    else:
+                        # prefill: dequantize R rows once, reuse them for every activation row
+                        for r in T.unroll(R):
+                            for e in T.unroll(epu):
+                                for wo in range(WO):
+                                    for wi in T.vectorized(lanes):
+                                        row[r, e, wo * lanes + wi] = (T.Cast(f32, T.bitwise_and(T.shift_right(
+                                            qw[T.min(no * R + r, N - 1), wo * lanes + wi], T.uint32(e * bits)),
+                                            T.uint32(mask))) - T.float32(mi)) * sw[r, wo * lanes + wi]
+                        for i in range(m):
+                            for r in T.unroll(R):
+                                for wi in T.vectorized(lanes):
+                                    acc[r, wi] = T.float32(0)
+                            for e in range(epu):
+                                for wo in range(WO):
+                                    for r in T.unroll(R):
+                                        for wi in T.vectorized(lanes):
+                                            acc[r, wi] = acc[r, wi] + xp[i, e, wo * lanes + wi] * row[r, e, wo * lanes + wi]
+                            for r in T.unroll(R):
+                                y[i, T.min(no * R + r, N - 1)] = T.float32(0)
+                                for wi in T.unroll(lanes):
+                                    y[i, T.min(no * R + r, N - 1)] = y[i, T.min(no * R + r, N - 1)] + acc[r, wi]
+
+    return group_linear_nk
