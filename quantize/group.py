@@ -10,13 +10,14 @@ torch's CPU kernels for half compute each op in fp32 and round once to fp16, whi
 fp16 arithmetic (fp32 has more than 2*11+2 bits), so `torch.div`/`add_` on half tensors are the
 per-op fp16 rounding MLC gets from LLVM/CUDA.
 
-Speed: rows are processed in chunks of about CHUNK_ELEMENTS so that all temporaries stay in
-cache and memory stays bounded; each step is one multi-threaded torch op writing into reused
-buffers. Two tricks avoid separate passes:
+Speed: rows are processed in chunks of about CHUNK_ELEMENTS, so temporaries stay in cache and
+memory stays bounded (a few chunk-sized buffers per worker, plus the outputs). Each core runs
+its own chunks as a stream of single-threaded torch ops into reused buffers (see _run_chunks).
+Two tricks avoid separate passes:
   * |W| max via the bit pattern: clearing the sign bit and taking an integer max is exact for
     floats (and makes NaN/Inf the largest values, which the finiteness check then catches);
   * rint by a magic add: fp16(x + 1024) = 1024 + rint_even(x) for 0 <= x < 1024 (fp32: 2**23),
-    so the code is the low byte of the result's bit pattern and packing is a byte shuffle.
+    so the code is in the low bits of the result's bit pattern and packing is bit shuffling.
 The clamp (and NaN fix) is needed only when some scale is zero or subnormal; with a normal scale
 |W/scale| <= max_int * (1 + 2**-7), so W/scale + max_int rounds into [0, 2*max_int] by itself.
 """
@@ -38,8 +39,7 @@ WORKERS = 0  # chunk workers; 0 = torch.get_num_threads()
 
 _TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _NUMPY = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
-# the integer type with the same width, for bit views (torch.from_numpy knows no bfloat16)
-_BITS_NP = {2: np.int16, 4: np.int32}
+# the integer type with the same width, for bit views
 _BITS_TORCH = {2: torch.int16, 4: torch.int32}
 _SIGN_CLEAR = {2: 0x7FFF, 4: 0x7FFFFFFF}
 _MAGIC = {torch.float16: 1024.0, torch.float32: float(1 << 23)}  # adding it rounds to an integer
@@ -60,10 +60,6 @@ def as_torch(array: np.ndarray) -> torch.Tensor:
         if array.dtype == _NUMPY["bfloat16"]:
             return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(array)
-
-
-def torch_dtype(model_dtype: str) -> torch.dtype:
-    return _TORCH[model_dtype]
 
 
 def numpy_dtype(model_dtype: str) -> np.dtype:
@@ -200,7 +196,8 @@ def _run_chunks(run, starts: range) -> None:
     """run(start) for every chunk, on one single-threaded torch stream per core.
 
     Chunks are independent; this beats torch's intra-op parallelism, whose OpenMP threads
-    spin at a barrier after every op (on a shared 2-core machine that wasted up to 10x CPU).
+    spin at a barrier after every op (on a busy 2-core machine that wasted up to 10x CPU).
+    torch is set to one intra-op thread (process-wide) while the workers run.
     An exception in any chunk is raised here.
     """
     workers = min(len(starts), _worker_count())

@@ -152,8 +152,11 @@ def test_group_quant_equals_reference(scheme, source_dtype):
 
 
 @pytest.mark.parametrize("scheme", GROUP_SCHEMES, ids=lambda s: s.name)
-def test_large_random_matrix_equals_reference(scheme):
-    """A realistic matrix over many chunks (the default chunk size and worker pool)."""
+@pytest.mark.parametrize("chunk,workers", [(1 << 19, 0), (1 << 16, 1)], ids=["default", "one-worker"])
+def test_large_random_matrix_equals_reference(scheme, chunk, workers, monkeypatch):
+    """A realistic matrix with the default chunking and worker pool, and with torch's own threads."""
+    monkeypatch.setattr(group, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(group, "WORKERS", workers)
     rng = np.random.default_rng(7)
     w = (rng.standard_normal((300, 1000)) * 0.02).astype(BF16)
     p = SourceParam("model.layers.0.mlp.down_proj.weight", w.shape, ("x",), "linear")
