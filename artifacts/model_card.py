@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
@@ -49,8 +50,24 @@ def _license(lineage: dict[str, Any]) -> str | None:
     return None
 
 
-def _size_bytes(lineage: dict[str, Any]) -> int:
-    return sum(int(f.get("size", 0)) for f in (lineage.get("files") or {}).values() if isinstance(f, dict))
+def _size_bytes(lineage: dict[str, Any], artifact_dir: Path | None) -> int | None:
+    """Bytes of the artifact's files: from the lineage files map, else from the directory, else None."""
+    files = lineage.get("files")
+    if isinstance(files, dict) and files:
+        return sum(int(f.get("size", 0)) for f in files.values() if isinstance(f, dict))
+    if artifact_dir is not None and Path(artifact_dir).is_dir():
+        return sum(p.stat().st_size for p in Path(artifact_dir).rglob("*") if p.is_file())
+    return None
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-.") or "model"
+
+
+def _default_name(lineage: dict[str, Any], quantization: str) -> str:
+    source = lineage.get("source") or {}
+    stem = (hub_id(source.get("hub")) or "").split("/")[-1] or Path(str(source.get("path") or "model")).name
+    return _slug(f"{stem}-{quantization}")
 
 
 def _human(n: float) -> str:
@@ -123,12 +140,17 @@ def _eval_lines(ev: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, repo_id: str | None) -> str:
-    """The README.md text (YAML front matter + Markdown body)."""
+def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, repo_id: str | None,
+                      artifact_dir: Path | None = None) -> str:
+    """The README.md text (YAML front matter + Markdown body).
+
+    The size comes from lineage["files"]; before that map exists pass `artifact_dir` instead.
+    """
     data = front_matter(lineage, chat_config)
     quantization = chat_config.get("quantization") or lineage.get("quantization", "?")
     model_type = chat_config.get("model_type") or lineage.get("model_type", "?")
-    name = lineage.get("name") or (repo_id.split("/")[-1] if repo_id else "personalized model")
+    name = lineage.get("name") or (repo_id.split("/")[-1] if repo_id else _default_name(lineage, quantization))
+    size = _size_bytes(lineage, artifact_dir)
     key = lineage.get("library_key", "?")
     conv = chat_config.get("conv_template") or {}
     model_id = repo_id.split("/")[-1] if repo_id else name
@@ -146,7 +168,7 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
             f"- Model type: `{model_type}`; vocabulary {chat_config.get('vocab_size', '?')}, "
             f"context window {chat_config.get('context_window_size', '?')}",
             f"- Conversation template: `{conv.get('name', '?')}`",
-            f"- Size on disk: {_human(_size_bytes(lineage))}",
+            f"- Size on disk: {_human(size) if size is not None else 'not recorded'}",
             f"- Library key: `{key}` — any model library compiled for this key (same architecture shape, "
             "compiled-in hyper-parameters and quantization) runs these weights.", ""]
     if isinstance(lineage.get("eval"), dict):
@@ -154,7 +176,7 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
                  "Next-token distributions of this artifact compared with the source model in transformers "
                  "on fixed prompts:", "", *_eval_lines(lineage["eval"]), ""]
     package_entry = {"model": model_ref if repo_id else f"HF://<org>/{name}", "model_id": model_id,
-                     "estimated_vram_bytes": _size_bytes(lineage), "model_lib": f"{model_type}_{quantization}"}
+                     "estimated_vram_bytes": size if size is not None else "<bytes: size of the weights + KV cache>", "model_lib": f"{model_type}_{quantization}"}
     body += ["## How to run", "", "### mlc_llm CLI", "", "```bash",
              f"mlc_llm chat {model_ref} --model-lib {lib_hint}", "```", "",
              "### WebLLM", "", "```js",

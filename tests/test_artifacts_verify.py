@@ -196,3 +196,13 @@ def test_hub_id_parsing():
     assert hub_id("hf://a/b@rev") == "a/b"
     assert hub_id("https://huggingface.co/a/b/tree/main") == "a/b"
     assert hub_id("./local/dir") is None and hub_id("/abs/path") is None and hub_id(None) is None
+
+
+def test_model_card_size_before_files_map(tmp_path):
+    (tmp_path / "params_shard_0.bin").write_bytes(b"x" * 3000)
+    lineage = {"source": {"kind": "model", "path": "/data/My Finetune"}, "quantization": "q4f16_1",
+               "model_type": "llama", "library_key": "k"}
+    text = render_model_card(lineage, {}, repo_id=None, artifact_dir=tmp_path)
+    assert "Size on disk: 2.9 KB" in text and '"estimated_vram_bytes": 3000' in text
+    assert "mlc_llm chat ./My-Finetune-q4f16_1 " in text  # a usable default name, no spaces
+    assert "not recorded" in render_model_card(lineage, {}, repo_id=None)
