@@ -160,11 +160,9 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
             del arrays
             try:
                 outputs = quantize_param(param, weight, scheme)
-            except NonFiniteWeightError as exc:
+            except NonFiniteWeightError as exc:  # NaN/Inf in the source, or too large for the model dtype
                 files = sorted({str(infos[s].file) for s in param.sources})
-                raise IngestError(f"{param.name} contains NaN or Inf values", path=files[0],
-                                  hint="the checkpoint is broken (diverged training?); use an earlier checkpoint"
-                                  ) from exc
+                raise IngestError(str(exc), path=files[0], hint=exc.hint) from exc
             del weight
         with timer.time("write"):
             for name, array in outputs:
