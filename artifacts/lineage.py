@@ -23,15 +23,22 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+HUB_BOOKKEEPING = {".gitattributes", ".cache"}
+
+
 def artifact_files(artifact_dir: Path) -> list[str]:
-    """Relative paths (with '/') of every file in the artifact except personalize.json, sorted."""
+    """Relative paths (with '/') of every file in the artifact except personalize.json, sorted.
+
+    A copy downloaded from the Hub also holds the repo's `.gitattributes` and huggingface_hub's
+    `.cache/` bookkeeping; neither is part of the artifact.
+    """
     artifact_dir = Path(artifact_dir)
     out = []
     for root, dirs, names in os.walk(artifact_dir):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not (Path(root) == artifact_dir and d in HUB_BOOKKEEPING))
         for name in names:
             rel = (Path(root) / name).relative_to(artifact_dir).as_posix()
-            if rel != LINEAGE_JSON:
+            if rel != LINEAGE_JSON and rel not in HUB_BOOKKEEPING:
                 out.append(rel)
     return sorted(out)
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from artifacts.chat_config import build_chat_config, write_chat_config
-from artifacts.lineage import hash_file, write_lineage
+from artifacts.lineage import write_lineage
 from artifacts.tensor_cache import TensorCacheWriter
 from ingest.errors import IngestError
 from ingest.source import ModelDir, config_sha256, open_model_dir
@@ -281,16 +281,11 @@ def weight_file_stamps(model: ModelDir) -> dict[str, dict[str, int]]:
 
 def finalize_artifact(out_dir: Path, lineage: dict, chat_config: dict, shard_hashes: dict[str, str]) -> None:
     """Model card + personalize.json with the sha256 and size of every other file."""
+    from artifacts.lineage import file_map
     from artifacts.model_card import render_model_card
 
-    (out_dir / "README.md").write_text(render_model_card(lineage, chat_config, repo_id=None))
-    files = {}
-    for path in sorted(out_dir.iterdir()):
-        if path.name == "personalize.json" or not path.is_file():
-            continue
-        digest = shard_hashes.get(path.name) or hash_file(path)
-        files[path.name] = {"sha256": digest, "size": path.stat().st_size}
-    lineage["files"] = files
+    (out_dir / "README.md").write_text(render_model_card(lineage, chat_config, repo_id=None, artifact_dir=out_dir))
+    lineage["files"] = file_map(out_dir, known_sha256=shard_hashes)
     write_lineage(out_dir, lineage)
 
 
