@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -122,13 +123,16 @@ def ensure_llamacpp(cache: Path | None = None, targets: tuple[str, ...] = DEFAUL
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     say(f"building llama.cpp {', '.join(targets)} with -j{jobs} (several minutes; log: {log}) ...")
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     _run(["cmake", "-S", str(src), "-B", str(build), *generator, *CMAKE_FLAGS], log)
     t_conf = time.perf_counter() - t0
     _run(["cmake", "--build", str(build), "--config", "Release", f"-j{jobs}", "--target", *targets], log)
     t_total = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     info = have.build_info()
     info.update({"llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "targets": sorted(set(info.get("targets", [])) |
                  set(targets)), "jobs": jobs, "configure_s": round(t_conf, 1), "build_s": round(t_total, 1),
+                 "build_user_s": round(ru1.ru_utime - ru0.ru_utime, 1), "build_sys_s": round(ru1.ru_stime - ru0.ru_stime, 1),
                  "cmake_flags": list(CMAKE_FLAGS), "cpu_count": os.cpu_count()})
     (root / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
     say(f"llama.cpp built in {t_total:.0f} s")

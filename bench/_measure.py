@@ -130,6 +130,7 @@ def run_measured(label: str, argv: Sequence[str], *, env: dict[str, str] | None 
     argv = [str(a) for a in argv]
     if sync_first:
         os.sync()
+    load_before = os.getloadavg()[0]  # other work on the machine inflates wall time, not CPU time
     full_env = dict(os.environ)
     full_env.update(env or {})
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
@@ -150,7 +151,7 @@ def run_measured(label: str, argv: Sequence[str], *, env: dict[str, str] | None 
     m = Measurement(label=label, argv=argv, wall_s=wall, peak_rss_bytes=ru.ru_maxrss * 1024,
                     peak_anon_bytes=sampler.peak_anon, peak_file_bytes=sampler.peak_file,
                     user_s=ru.ru_utime, sys_s=ru.ru_stime, returncode=proc.returncode,
-                    log_path=str(log_path) if log_path else None)
+                    log_path=str(log_path) if log_path else None, extra={"loadavg_1min_before": load_before})
     if check and not m.ok:
         raise CommandFailed(m, hint)
     return m

@@ -107,6 +107,9 @@ def run_llamacpp(lc: LlamaCpp, model_dir: Path, work: Path, tag: str, keep: bool
 
 def summarize(name: str, pz: list[Measurement], conv: list[Measurement], quant: list[Measurement]) -> dict:
     """Median wall time, max peak RSS over the repeats."""
+    def cpu(m):
+        return m.user_s + m.sys_s
+
     def med(ms, key=lambda m: m.wall_s):
         return statistics.median(key(m) for m in ms) if ms else None
 
@@ -119,14 +122,17 @@ def summarize(name: str, pz: list[Measurement], conv: list[Measurement], quant: 
                 vals = [t[k] for t in timings if isinstance(t.get(k), (int, float))]
                 if vals:
                     stages[k] = statistics.median(vals)
-        s["personalize"] = {"wall_s": med(pz), "peak_rss_bytes": max(m.peak_rss_bytes for m in pz),
+        s["personalize"] = {"wall_s": med(pz), "cpu_s": med(pz, cpu),
+                            "peak_rss_bytes": max(m.peak_rss_bytes for m in pz),
                             "peak_anon_bytes": max(m.peak_anon_bytes for m in pz),
                             "peak_file_bytes": max(m.peak_file_bytes for m in pz),
                             "output_bytes": pz[-1].extra["output_bytes"],
                             "stages_s": stages if all(timings) else None}
     if conv:
-        walls = [c.wall_s + q.wall_s for c, q in zip(conv, quant)]
-        s["llamacpp"] = {"wall_s": statistics.median(walls), "convert_wall_s": med(conv), "quantize_wall_s": med(quant),
+        pairs = list(zip(conv, quant))
+        s["llamacpp"] = {"wall_s": statistics.median(c.wall_s + q.wall_s for c, q in pairs),
+                         "cpu_s": statistics.median(cpu(c) + cpu(q) for c, q in pairs),
+                         "convert_wall_s": med(conv), "quantize_wall_s": med(quant),
                          "peak_rss_bytes": max(m.peak_rss_bytes for m in conv + quant),
                          "convert_peak_rss_bytes": max(m.peak_rss_bytes for m in conv),
                          "quantize_peak_rss_bytes": max(m.peak_rss_bytes for m in quant),
@@ -135,8 +141,10 @@ def summarize(name: str, pz: list[Measurement], conv: list[Measurement], quant: 
                          "f16_bytes": conv[-1].extra["output_bytes"], "output_bytes": quant[-1].extra["output_bytes"]}
     if pz and conv:
         p, l = s["personalize"], s["llamacpp"]
-        s["ratio"] = {"wall": p["wall_s"] / l["wall_s"], "peak_rss": p["peak_rss_bytes"] / l["peak_rss_bytes"],
-                      "speedup": l["wall_s"] / p["wall_s"]}
+        s["ratio"] = {"wall": p["wall_s"] / l["wall_s"], "cpu": p["cpu_s"] / l["cpu_s"],
+                      "peak_rss": p["peak_rss_bytes"] / l["peak_rss_bytes"], "speedup": l["wall_s"] / p["wall_s"]}
+    loads = [m.extra["loadavg_1min_before"] for m in pz + conv + quant]
+    s["loadavg_1min_before_runs"] = [min(loads), max(loads)]
     return s
 
 
@@ -155,6 +163,7 @@ def table(summaries: list[dict]) -> str:
         if p and l:
             r = s["ratio"]
             rows.append(("total wall", sec(p["wall_s"]), sec(l["wall_s"]), f"{r['wall']:.2f}x"))
+            rows.append(("CPU time (user+sys)", sec(p["cpu_s"]), sec(l["cpu_s"]), f"{r['cpu']:.2f}x"))
             rows.append(("peak RSS", mem(p["peak_rss_bytes"]), mem(l["peak_rss_bytes"]), f"{r['peak_rss']:.2f}x"))
         elif p:
             rows.append(("total wall", sec(p["wall_s"]), "skipped", ""))
@@ -282,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
           f"{human_bytes(report['machine']['ram_bytes'])} RAM\n")
     print(table(summaries))
+    for s in summaries:
+        lo, hi = s["loadavg_1min_before_runs"]
+        print(f"[{s['model']}] 1-min load average before the runs: {lo:.1f} .. {hi:.1f} "
+              f"(above {report['machine']['cores']} means other work shared the cores: trust CPU time over wall)")
     for s in summaries:
         if s.get("acceptance"):
             print(f"Acceptance [{s['model']}] (personalize add vs convert+quantize):")
