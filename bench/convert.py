@@ -172,8 +172,8 @@ def table(summaries: list[dict]) -> str:
             rows.append(("total wall", "skipped", sec(l["wall_s"]), ""))
             rows.append(("peak RSS", "skipped", mem(l["peak_rss_bytes"]), ""))
         if p or l:
-            rows.append(("  of which anon", mem(p and p["peak_anon_bytes"]), mem(l and l["peak_anon_bytes"]), ""))
-            rows.append(("  of which file/mmap", mem(p and p["peak_file_bytes"]), mem(l and l["peak_file_bytes"]), ""))
+            rows.append(("  peak RssAnon (sampled)", mem(p and p["peak_anon_bytes"]), mem(l and l["peak_anon_bytes"]), ""))
+            rows.append(("  peak RssFile, mmap (sampled)", mem(p and p["peak_file_bytes"]), mem(l and l["peak_file_bytes"]), ""))
         if l:
             rows.append(("llama.cpp convert f16", "", sec(l["convert_wall_s"]), ""))
             rows.append(("  peak RSS", "", mem(l["convert_peak_rss_bytes"]), ""))
