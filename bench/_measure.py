@@ -1,10 +1,13 @@
 """Run one command in a subprocess and measure it: wall time and peak memory.
 
-Peak RSS comes from the kernel (``os.wait4`` rusage ``ru_maxrss``: the high-water mark of the
-child and of every descendant it waited for), so short spikes between samples are not missed.
-A sampler thread additionally polls /proc/<pid>/status of the whole process tree every 20 ms for
-the anonymous / file-backed split: file-backed pages are mmap'd weights (page cache counted as
-the process's RSS), anonymous pages are what the tool allocated itself. Linux only.
+Peak RSS is the larger of two numbers:
+- the kernel's high-water mark (``os.wait4`` rusage ``ru_maxrss``): exact, misses no spike, but it
+  is the maximum of *single* processes (the child, or one descendant it waited for), and
+- a sampler thread's peak of the summed VmRSS of the whole process tree (every 20 ms): a tool that
+  runs a worker process next to its main one uses both at once.
+Summing RSS counts pages shared between the processes twice, so the figure errs high.
+The sampler also splits RSS into anonymous pages (what the tool allocated) and file-backed pages
+(mmap'd weights: page cache that counts as the process's RSS). Linux only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ class Measurement:
     label: str
     argv: list[str]
     wall_s: float
-    peak_rss_bytes: int             # kernel high-water mark (ru_maxrss), tree of waited descendants
+    peak_rss_bytes: int             # max(kernel high-water mark, sampled tree sum): what was resident at once
+    max_process_rss_bytes: int      # kernel ru_maxrss: the largest single process of the tree (exact)
+    peak_tree_rss_bytes: int        # sampled max of sum(VmRSS) over the process tree (a worker process counts)
     peak_anon_bytes: int            # sampled max of sum(RssAnon) over the process tree
     peak_file_bytes: int            # sampled max of sum(RssFile + RssShmem) over the process tree
     user_s: float
@@ -92,7 +97,7 @@ class _TreeSampler(threading.Thread):
     def __init__(self, pid: int, interval_s: float = 0.02):
         super().__init__(daemon=True)
         self.pid, self.interval_s = pid, interval_s
-        self.peak_anon = self.peak_file = 0
+        self.peak_anon = self.peak_file = self.peak_total = 0
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -105,13 +110,15 @@ class _TreeSampler(threading.Thread):
                 pids = [self.pid] + [c.pid for c in root.children(recursive=True)]
             except psutil.Error:
                 break
-            anon = file = 0
+            anon = file = total = 0
             for pid in pids:
-                st = _status_kb(pid, ("RssAnon", "RssFile", "RssShmem"))
+                st = _status_kb(pid, ("RssAnon", "RssFile", "RssShmem", "VmRSS"))
                 anon += st["RssAnon"]
                 file += st["RssFile"] + st["RssShmem"]
+                total += st["VmRSS"]
             self.peak_anon = max(self.peak_anon, anon * 1024)
             self.peak_file = max(self.peak_file, file * 1024)
+            self.peak_total = max(self.peak_total, total * 1024)
             self._halt.wait(self.interval_s)
 
     def stop(self) -> None:
@@ -148,7 +155,9 @@ def run_measured(label: str, argv: Sequence[str], *, env: dict[str, str] | None 
     finally:
         if log_path:
             log.close()
-    m = Measurement(label=label, argv=argv, wall_s=wall, peak_rss_bytes=ru.ru_maxrss * 1024,
+    m = Measurement(label=label, argv=argv, wall_s=wall,
+                    peak_rss_bytes=max(ru.ru_maxrss * 1024, sampler.peak_total),
+                    max_process_rss_bytes=ru.ru_maxrss * 1024, peak_tree_rss_bytes=sampler.peak_total,
                     peak_anon_bytes=sampler.peak_anon, peak_file_bytes=sampler.peak_file,
                     user_s=ru.ru_utime, sys_s=ru.ru_stime, returncode=proc.returncode,
                     log_path=str(log_path) if log_path else None, extra={"loadavg_1min_before": load_before})

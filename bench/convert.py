@@ -124,6 +124,7 @@ def summarize(name: str, pz: list[Measurement], conv: list[Measurement], quant: 
                     stages[k] = statistics.median(vals)
         s["personalize"] = {"wall_s": med(pz), "cpu_s": med(pz, cpu),
                             "peak_rss_bytes": max(m.peak_rss_bytes for m in pz),
+                            "max_process_rss_bytes": max(m.max_process_rss_bytes for m in pz),
                             "peak_anon_bytes": max(m.peak_anon_bytes for m in pz),
                             "peak_file_bytes": max(m.peak_file_bytes for m in pz),
                             "output_bytes": pz[-1].extra["output_bytes"],
@@ -136,6 +137,7 @@ def summarize(name: str, pz: list[Measurement], conv: list[Measurement], quant: 
                          "peak_rss_bytes": max(m.peak_rss_bytes for m in conv + quant),
                          "convert_peak_rss_bytes": max(m.peak_rss_bytes for m in conv),
                          "quantize_peak_rss_bytes": max(m.peak_rss_bytes for m in quant),
+                         "max_process_rss_bytes": max(m.max_process_rss_bytes for m in conv + quant),
                          "peak_anon_bytes": max(m.peak_anon_bytes for m in conv + quant),
                          "peak_file_bytes": max(m.peak_file_bytes for m in conv + quant),
                          "f16_bytes": conv[-1].extra["output_bytes"], "output_bytes": quant[-1].extra["output_bytes"]}
@@ -164,7 +166,7 @@ def table(summaries: list[dict]) -> str:
             r = s["ratio"]
             rows.append(("total wall", sec(p["wall_s"]), sec(l["wall_s"]), f"{r['wall']:.2f}x"))
             rows.append(("CPU time (user+sys)", sec(p["cpu_s"]), sec(l["cpu_s"]), f"{r['cpu']:.2f}x"))
-            rows.append(("peak RSS", mem(p["peak_rss_bytes"]), mem(l["peak_rss_bytes"]), f"{r['peak_rss']:.2f}x"))
+            rows.append(("peak RSS (process tree)", mem(p["peak_rss_bytes"]), mem(l["peak_rss_bytes"]), f"{r['peak_rss']:.2f}x"))
         elif p:
             rows.append(("total wall", sec(p["wall_s"]), "skipped", ""))
             rows.append(("peak RSS", mem(p["peak_rss_bytes"]), "skipped", ""))
@@ -172,6 +174,8 @@ def table(summaries: list[dict]) -> str:
             rows.append(("total wall", "skipped", sec(l["wall_s"]), ""))
             rows.append(("peak RSS", "skipped", mem(l["peak_rss_bytes"]), ""))
         if p or l:
+            rows.append(("  largest one process", mem(p and p["max_process_rss_bytes"]),
+                         mem(l and l["max_process_rss_bytes"]), ""))
             rows.append(("  peak RssAnon (sampled)", mem(p and p["peak_anon_bytes"]), mem(l and l["peak_anon_bytes"]), ""))
             rows.append(("  peak RssFile, mmap (sampled)", mem(p and p["peak_file_bytes"]), mem(l and l["peak_file_bytes"]), ""))
         if l:

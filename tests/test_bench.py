@@ -64,3 +64,17 @@ def test_padded_tokenizer_encodes_like_the_original(tmp_path):
     assert b.get_vocab_size() == 128256
     text = "\n \n\n \t 🚀 (normal) 3333 3..3 我想在apple工作 нещо I've 'RE <|im_start|>user"
     assert a.encode(text).ids == b.encode(text).ids
+
+
+def test_peak_rss_sums_a_worker_process(tmp_path):
+    # Parent and a worker each hold ~200 MB at the same time: the tree peak must see both,
+    # although the kernel's ru_maxrss only reports the largest single process.
+    code = ("import subprocess, sys, numpy as np\n"
+            "a = np.ones(200_000_000 // 8)\n"
+            "subprocess.run([sys.executable, '-c', 'import numpy as np, time; b = np.ones(200_000_000 // 8); "
+            "time.sleep(1.0)'])\n"
+            "print(a.sum())\n")
+    m = run_measured("tree", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
+    assert m.max_process_rss_bytes < 350e6
+    assert m.peak_tree_rss_bytes > 400e6
+    assert m.peak_rss_bytes == max(m.max_process_rss_bytes, m.peak_tree_rss_bytes)
