@@ -259,11 +259,11 @@ class Adapter:
                          "modules_to_save")
 
     def _remap_to_base_names(self, base_shapes: dict[str, tuple[int, ...]]) -> None:
-        missing = [n for n in self._edits if n not in base_shapes]
-        if missing and all(f"model.{n}" in base_shapes or n.startswith("lm_head.") for n in missing) \
-                and any(f"model.{n}" in base_shapes for n in missing):
-            self._edits = {(f"model.{n}" if f"model.{n}" in base_shapes else n): replace(e, hf_name=(
-                f"model.{n}" if f"model.{n}" in base_shapes else n)) for n, e in self._edits.items()}
+        """An adapter saved on a bare decoder (LlamaModel) lacks the `model.` prefix of *ForCausalLM."""
+        def base_name(name: str) -> str:
+            return f"model.{name}" if name not in base_shapes and f"model.{name}" in base_shapes else name
+
+        self._edits = {base_name(n): replace(e, hf_name=base_name(n)) for n, e in self._edits.items()}
 
     def _settle_fan_in_fan_out(self, base_config: dict) -> None:
         if not self.config.get("fan_in_fan_out"):

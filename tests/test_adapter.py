@@ -302,3 +302,57 @@ def test_missing_files_are_user_errors(bases, tmp_path):
     with pytest.raises(AdapterError, match="adapter_model") as err:
         load_adapter(adapter_dir)
     assert err.value.hint
+
+
+def _rewrite_keys(adapter_dir, rename):
+    """Rewrite adapter_model.safetensors with renamed (or extra) keys, as other tools/old peft save them."""
+    from safetensors.torch import load_file, save_file
+
+    path = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    save_file(dict(rename(tensors)), str(path))
+
+
+def test_older_key_layouts_merge_the_same(bases, tmp_path):
+    """modules_to_save.<adapter>.weight, lora_A.<adapter>.weight and original_module copies."""
+    base_dir = bases("llama")
+    adapter_dir = make_tiny_adapter(base_dir, tmp_path / "a", target_modules=["q_proj", "embed_tokens"],
+                                    modules_to_save=["lm_head"], use_dora=False)
+    want = merge_with_ingest(base_dir, adapter_dir)
+    base = dict(iter_base_tensors(base_dir))
+
+    def rename(tensors):
+        for key, value in tensors.items():
+            if key == "base_model.model.lm_head.weight":
+                yield "base_model.model.lm_head.modules_to_save.default.weight", value
+                yield "base_model.model.lm_head.original_module.weight", torch.from_numpy(base["lm_head.weight"])
+            else:
+                yield key.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                    ".lora_embedding_B", ".lora_embedding_B.default"), value
+
+    _rewrite_keys(adapter_dir, rename)
+    got = merge_with_ingest(base_dir, adapter_dir)
+    assert not np.array_equal(got["lm_head.weight"], base["lm_head.weight"])
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_adapter_saved_on_a_bare_decoder_maps_to_causal_lm_names(bases, tmp_path):
+    base_dir = bases("llama")
+    adapter_dir = make_tiny_adapter(base_dir, tmp_path / "a", target_modules=["q_proj", "v_proj"])
+    want = merge_with_ingest(base_dir, adapter_dir)
+    _rewrite_keys(adapter_dir, lambda t: ((k.replace("base_model.model.model.", "base_model.model."), v)
+                                          for k, v in t.items()))
+    assert all(not n.startswith("model.") for n in load_adapter(adapter_dir).target_hf_names())
+    got = merge_with_ingest(base_dir, adapter_dir)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_foreign_tensors_are_refused(bases, tmp_path):
+    adapter_dir = make_tiny_adapter(bases("llama"), tmp_path / "a", target_modules=["q_proj"])
+    _rewrite_keys(adapter_dir, lambda t: list(t.items()) + [
+        ("base_model.model.model.layers.0.self_attn.q_proj.lora_E", torch.ones(4, 1))])
+    with pytest.raises(AdapterError, match="lora_E") as err:
+        load_adapter(adapter_dir)
+    assert err.value.path.endswith("adapter_model.safetensors")
