@@ -356,3 +356,16 @@ def test_foreign_tensors_are_refused(bases, tmp_path):
     with pytest.raises(AdapterError, match="lora_E") as err:
         load_adapter(adapter_dir)
     assert err.value.path.endswith("adapter_model.safetensors")
+
+
+def test_bf16_adapter_merges_in_float32_like_peft(bases, tmp_path):
+    """Adapters saved in bf16 (the usual mixed-precision output) are widened, never merged in bf16."""
+    base_dir = bases("llama")
+    adapter_dir = make_tiny_adapter(base_dir, tmp_path / "a", target_modules=["q_proj", "down_proj"],
+                                    modules_to_save=["lm_head"], use_dora=True)
+    _rewrite_keys(adapter_dir, lambda t: ((k, v.to(torch.bfloat16)) for k, v in t.items()))
+    ours = merge_with_ingest(base_dir, adapter_dir)
+    ref = peft_merged_state_dict(base_dir, adapter_dir)
+    for name, merged in ours.items():
+        assert merged.dtype == np.float32
+        np.testing.assert_allclose(merged, ref[name], atol=ATOL, rtol=RTOL, err_msg=name)
