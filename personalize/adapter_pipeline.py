@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from artifacts.chat_config import build_chat_config, write_chat_config
+from artifacts.chat_config import build_chat_config
 from artifacts.tensor_cache import read_tensor_cache
 from ingest.adapter import Adapter, load_adapter
 from ingest.errors import IngestError
@@ -25,7 +25,7 @@ from quantize.spec import SourceParam
 from registry.store import Registry, check_name, is_artifact_dir, staged_directory
 
 from .pipeline import (AddResult, ConversionPlan, StageTimer, build_lineage, default_name, finalize_artifact,
-                       plan_conversion, write_weights)
+                       plan_conversion, side_process, write_chat_files, write_weights)
 
 # Config fields that must agree between the adapter's recorded base and the base given.
 IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -193,17 +193,16 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     if progress_total:
         progress_total(plan.source_bytes)
     timer = StageTimer()
-    with staged_directory(destination, force) as tmp:
+    with staged_directory(destination, force) as tmp, tempfile.TemporaryDirectory() as chat_src, \
+            side_process() as pool:
+        chat_dir = overlay_tokenizer_dir(Path(chat_src), base_model.path, adapter_dir)
+        chat = pool.submit(build_chat_config, model_type=plan.config.model_type, quantization=plan.quantization,
+                           model_config=plan.config.model_config, source_dir=chat_dir,
+                           conv_template=conv_template)
         weights = write_weights(plan, tmp, timer, progress,
                                 merge=lambda hf_name, arr: merge_tensor(adapter, hf_name, arr), reuse=reuse)
-        with timer.time("write"), tempfile.TemporaryDirectory() as chat_src:
-            chat_dir = overlay_tokenizer_dir(Path(chat_src), base_model.path, adapter_dir)
-            chat_config, tokenizer_files = build_chat_config(
-                model_type=plan.config.model_type, quantization=plan.quantization,
-                model_config=plan.config.model_config, source_dir=chat_dir, conv_template=conv_template)
-            write_chat_config(tmp, chat_config)
-            for path in tokenizer_files:
-                shutil.copyfile(path, tmp / path.name)
+        with timer.time("write"):
+            chat_config = write_chat_files(tmp, chat.result())
         lineage = build_lineage(plan, name=name, source_kind="adapter", source_path=adapter_dir,
                                 source_record=source_record)
         lineage["adapter"] = {"peft_type": adapter.peft_type, "config": adapter.config,

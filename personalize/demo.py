@@ -14,7 +14,6 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 QUESTION = "What is the capital of France?"
 

@@ -10,6 +10,7 @@ import datetime as _dt
 import hashlib
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,15 +229,14 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
     if progress_total:
         progress_total(plan.source_bytes)
     timer = StageTimer()
-    with staged_directory(destination, force) as tmp:
+    with staged_directory(destination, force) as tmp, side_process() as pool:
+        # The chat config needs transformers' tokenizer (seconds of imports): build it meanwhile.
+        chat = pool.submit(build_chat_config, model_type=plan.config.model_type, quantization=plan.quantization,
+                           model_config=plan.config.model_config, source_dir=model.path,
+                           conv_template=conv_template)
         weights = write_weights(plan, tmp, timer, progress)
         with timer.time("write"):
-            chat_config, tokenizer_files = build_chat_config(
-                model_type=plan.config.model_type, quantization=plan.quantization,
-                model_config=plan.config.model_config, source_dir=model.path, conv_template=conv_template)
-            write_chat_config(tmp, chat_config)
-            for path in tokenizer_files:
-                shutil.copyfile(path, tmp / path.name)
+            chat_config = write_chat_files(tmp, chat.result())
         lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
                                 source_record=source_record)
         lineage["source"]["content_sha256"] = weights["source_content_sha256"]
@@ -248,6 +248,22 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
         lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
         finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
     return AddResult(name if output is None else None, destination, lineage)
+
+
+def side_process() -> ThreadPoolExecutor:
+    """One worker thread for the side job (transformers' tokenizer and chat template: seconds of
+    imports) that runs while the weights stream. A spawned process would avoid the GIL but pay a
+    fresh interpreter and torch import, which costs more than it saves."""
+    return ThreadPoolExecutor(1)
+
+
+def write_chat_files(out_dir: Path, built: tuple[dict, list[Path]]) -> dict:
+    """mlc-chat-config.json and the tokenizer files it lists."""
+    chat_config, tokenizer_files = built
+    write_chat_config(out_dir, chat_config)
+    for path in tokenizer_files:
+        shutil.copyfile(path, out_dir / path.name)
+    return chat_config
 
 
 def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, source_path: Path,

@@ -6,6 +6,7 @@ dirs that become artifacts by an atomic rename, so an interrupted run leaves not
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 ARTIFACT_MARKER = "mlc-chat-config.json"
+# A write into the staging dir failed for lack of room or rights: the user's problem, not a bug.
+WRITE_FAILURES = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -149,6 +152,13 @@ def _staged(destination: Path, overwrite: bool) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, destination)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in WRITE_FAILURES:
+            raise RegistryError(f"cannot write {destination}: {exc.strerror}", path=destination,
+                                hint="free some disk space or choose another --output; nothing was written"
+                                ) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
