@@ -492,8 +492,12 @@ def _plan_edits(adapter: Adapter) -> dict[str, TensorEdit]:
 
 
 def _add_unique(target: dict[str, str], name: str, key: str, adapter: Adapter) -> None:
+    """One replacement per base tensor. peft saves a resized modules_to_save module twice (as
+    `x.weight` and `x.modules_to_save.weight`), with equal values; different values are ambiguous."""
     if name in target:
-        raise adapter._error(f"two replacement tensors for {name}: {target[name]} and {key}",
+        if torch.equal(adapter._weights.get(target[name]), adapter._weights.get(key)):
+            return
+        raise adapter._error(f"two different replacement tensors for {name}: {target[name]} and {key}",
                              hint="the file holds several adapters; save one adapter per directory")
     target[name] = key
 

@@ -59,6 +59,8 @@ CASES = {
     "resized-vocab": ("llama", False, 70, dict(target_modules=["q_proj", "v_proj"])),
     "resized-vocab-lora-embed-head": ("llama", False, 72, dict(target_modules=["q_proj", "embed_tokens", "lm_head"])),
     "resized-vocab-lora-embed-tied": ("qwen2", True, 72, dict(target_modules=["q_proj", "embed_tokens"])),
+    "resized-vocab-modules_to_save": ("llama", False, 70, dict(target_modules=["q_proj"],
+                                                                modules_to_save=["embed_tokens", "lm_head"])),
     "resized-vocab-tied": ("qwen2", True, 70, dict(target_modules=["q_proj"])),
     "trainable-tokens": ("llama", False, None, dict(target_modules=["q_proj"], trainable_token_indices=[1, 5, 7])),
     "trainable-tokens-tied": ("llama", True, None, dict(target_modules=["q_proj"], trainable_token_indices=[2, 3])),
