@@ -13,6 +13,9 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
+from .deploy import estimate_vram, system_lib_name
+from .errors import ArtifactError
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -140,6 +143,17 @@ def _eval_lines(ev: dict[str, Any]) -> list[str]:
     return out
 
 
+def _vram_bytes(chat_config: dict, artifact_dir) -> int | None:
+    """The same estimate `personalize share` prints (weights + KV cache + activations)."""
+    if artifact_dir is None or not (Path(artifact_dir) / "tensor-cache.json").is_file():
+        return None
+    tensor_cache = json.loads((Path(artifact_dir) / "tensor-cache.json").read_text())
+    try:
+        return estimate_vram(chat_config, tensor_cache).total
+    except ArtifactError:
+        return None
+
+
 def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, repo_id: str | None,
                       artifact_dir: Path | None = None) -> str:
     """The README.md text (YAML front matter + Markdown body).
@@ -175,8 +189,10 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
         body += ["## Equivalence with the PyTorch model", "",
                  "Next-token distributions of this artifact compared with the source model in transformers "
                  "on fixed prompts:", "", *_eval_lines(lineage["eval"]), ""]
+    vram = _vram_bytes(chat_config, artifact_dir)
     package_entry = {"model": model_ref if repo_id else f"HF://<org>/{name}", "model_id": model_id,
-                     "estimated_vram_bytes": size if size is not None else "<bytes: size of the weights + KV cache>", "model_lib": f"{model_type}_{quantization}"}
+                     "estimated_vram_bytes": vram if vram is not None else "<bytes: weights + KV cache>",
+                     "model_lib": system_lib_name(model_type, quantization, key), "bundle_weight": False}
     body += ["## How to run", "", "### mlc_llm CLI", "", "```bash",
              f"mlc_llm chat {model_ref} --model-lib {lib_hint}", "```", "",
              "### WebLLM", "", "```js",

@@ -4,61 +4,28 @@ iOS/Android mlc-package-config.json entry, with a VRAM estimate.
 Everything is derived from the artifact's own files (mlc-chat-config.json, tensor-cache.json,
 personalize.json) and where it was pushed; nothing here imports `personalize`.
 
-VRAM estimate (bytes), documented because every runtime asks for it and none measures it for us:
-  parameters  = sum over tensor-cache records of numel * itemsize(dtype), i.e. the size on the device
-                (f32-to-bf16 records are stored as 2 bytes but decoded to float32, 4 bytes)
-  kv_cache    = layers * 2 (K and V) * kv_heads * head_dim * context * bytes(model dtype), with
-                context = context_window_size (or sliding_window_size when there is no full window)
-  activations = prefill_chunk_size * (3 * hidden + 2 * intermediate) * bytes(model dtype)
-                + vocab_size * 4: the widest live buffers while one prefill chunk runs through a layer
-                (residual, normed input, attention output; the gate/up projection) plus one row of fp32
-                logits. For SmolLM2-135M q0f16 at 4k context this gives 356 MiB against the 359.7 MiB
-                WebLLM publishes for its own build of that model.
+VRAM estimate and library names: see artifacts/deploy.py (the model card uses the same).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
+
+from artifacts.deploy import (LOW_RESOURCE_MIB, estimate_vram, parameter_bytes,  # noqa: F401 (re-exported)
+                              system_lib_name, webgpu_wasm_name)
 
 from .hub import DEFAULT_ENDPOINT, HubError, read_lineage
 
 # MLC's prebuilt WebLLM libraries (binary-mlc-llm-libs); see reference notes §6.
 WEBLLM_LIB_PREFIX = "https://raw.githubusercontent.com/mlc-ai/binary-mlc-llm-libs/main/web-llm-models/v0_2_83/base"
-LOW_RESOURCE_MIB = 2048  # WebLLM marks models that fit in about 2 GB as low_resource_required
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "uint32": 4, "int32": 4,
-               "uint16": 2, "int16": 2, "uint8": 1, "int8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
-               "bool": 1}
 LIB_SUFFIXES = (".so", ".dylib", ".dll", ".tar", ".wasm")
 
 
 class ShareError(HubError):
     """The artifact lacks what a share record needs."""
-
-
-@dataclasses.dataclass(frozen=True)
-class VramEstimate:
-    parameters: int
-    kv_cache: int
-    activations: int
-    context_window_size: int
-    prefill_chunk_size: int
-    model_dtype: str
-
-    @property
-    def total(self) -> int:
-        return self.parameters + self.kv_cache + self.activations
-
-    @property
-    def total_mib(self) -> float:
-        return round(self.total / 2**20, 2)
-
-    def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "total": self.total, "total_MiB": self.total_mib}
 
 
 def _read_json(path: Path) -> dict:
@@ -69,70 +36,6 @@ def _read_json(path: Path) -> dict:
     except ValueError as exc:
         raise ShareError(f"{path.name} is not valid JSON: {exc}", path=path,
                          hint="re-create the artifact with `personalize add`") from None
-
-
-def model_dtype(quantization: str) -> str:
-    """The activation/KV dtype a quantization name implies (q4f16_1 -> float16, q0bf16 -> bfloat16)."""
-    if "bf16" in quantization:
-        return "bfloat16"
-    if "f32" in quantization:
-        return "float32"
-    return "float16"
-
-
-def parameter_bytes(tensor_cache: dict) -> int:
-    total = 0
-    for shard in tensor_cache.get("records", []):
-        for rec in shard.get("records", []):
-            size = DTYPE_BYTES.get(rec["dtype"])
-            if size is None:
-                raise ShareError(f"unknown dtype {rec['dtype']!r} for {rec['name']} in tensor-cache.json",
-                                 hint="re-create the artifact with `personalize add`")
-            total += math.prod(int(d) for d in rec["shape"]) * size
-    return total
-
-
-def estimate_vram(chat_config: dict, tensor_cache: dict) -> VramEstimate:
-    mc = chat_config.get("model_config") or {}
-
-    def field(key: str, default: Any = None) -> Any:
-        value = mc.get(key, chat_config.get(key, default))
-        if value is None:
-            raise ShareError(f"mlc-chat-config.json has no {key}", hint="re-create the artifact with `personalize add`")
-        return value
-
-    dtype = model_dtype(chat_config.get("quantization", ""))
-    width = DTYPE_BYTES[dtype]
-    heads = int(field("num_attention_heads"))
-    hidden = int(field("hidden_size"))
-    kv_heads = int(mc.get("num_key_value_heads") or heads)
-    head_dim = int(mc.get("head_dim") or hidden // heads)
-    context = int(chat_config.get("context_window_size", -1))
-    if context <= 0:
-        context = int(chat_config.get("sliding_window_size", -1))
-    if context <= 0:
-        context = int(field("context_window_size"))
-    chunk = int(chat_config.get("prefill_chunk_size", -1))
-    if chunk <= 0:
-        chunk = int(mc.get("prefill_chunk_size") or min(context, 2048))
-    kv = int(field("num_hidden_layers")) * 2 * kv_heads * head_dim * context * width
-    acts = chunk * (3 * hidden + 2 * int(field("intermediate_size"))) * width + int(field("vocab_size")) * 4
-    return VramEstimate(parameters=parameter_bytes(tensor_cache), kv_cache=kv, activations=acts,
-                        context_window_size=context, prefill_chunk_size=chunk, model_dtype=dtype)
-
-
-def system_lib_name(model_type: str, quantization: str, library_key: str) -> str:
-    """MLC's system-lib prefix convention: `{model_type}_{quantization}_{hash}`, '-' -> '_'."""
-    return f"{model_type}_{quantization}_{library_key}".replace("-", "_")
-
-
-def _k(n: int) -> str:
-    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
-
-
-def webgpu_wasm_name(model_name: str, quantization: str, prefill_chunk_size: int) -> str:
-    """WebLLM's prebuilt naming: `{Model}-{quant}_cs{chunk}-webgpu.wasm` (e.g. ..._cs1k-webgpu.wasm)."""
-    return f"{model_name}-{quantization}_cs{_k(prefill_chunk_size)}-webgpu.wasm"
 
 
 def _base_model_name(lineage: dict, fallback: str) -> str:

@@ -203,6 +203,25 @@ def test_model_card_size_before_files_map(tmp_path):
     lineage = {"source": {"kind": "model", "path": "/data/My Finetune"}, "quantization": "q4f16_1",
                "model_type": "llama", "library_key": "k"}
     text = render_model_card(lineage, {}, repo_id=None, artifact_dir=tmp_path)
-    assert "Size on disk: 2.9 KB" in text and '"estimated_vram_bytes": 3000' in text
+    assert "Size on disk: 2.9 KB" in text
+    # without tensor-cache.json there is nothing to estimate device memory from: no made-up number
+    assert '"estimated_vram_bytes": "<bytes: weights + KV cache>"' in text
     assert "mlc_llm chat ./My-Finetune-q4f16_1 " in text  # a usable default name, no spaces
     assert "not recorded" in render_model_card(lineage, {}, repo_id=None)
+
+
+def test_model_card_uses_the_share_estimate_and_library_name(tmp_path):
+    """The card's app entry carries the same VRAM and model_lib that `personalize share` prints."""
+    from artifacts.deploy import estimate_vram, system_lib_name
+
+    chat = {"quantization": "q4f16_1", "model_type": "llama", "context_window_size": 1024,
+            "prefill_chunk_size": 256, "vocab_size": 320,
+            "model_config": {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64,
+                             "intermediate_size": 96, "num_hidden_layers": 2, "vocab_size": 320}}
+    cache = {"records": [{"records": [{"name": "w", "shape": [320, 8], "dtype": "uint32"}]}]}
+    (tmp_path / "tensor-cache.json").write_text(json.dumps(cache))
+    lineage = {"source": {"kind": "model", "path": "/data/m"}, "quantization": "q4f16_1",
+               "model_type": "llama", "library_key": "abc"}
+    text = render_model_card(lineage, chat, repo_id="org/m", artifact_dir=tmp_path)
+    assert f'"estimated_vram_bytes": {estimate_vram(chat, cache).total}' in text
+    assert f'"model_lib": "{system_lib_name("llama", "q4f16_1", "abc")}"' in text
