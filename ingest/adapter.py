@@ -271,19 +271,19 @@ class Adapter:
         if base_config.get("model_type") in CONV1D_MODEL_TYPES:
             return
         # peft resets fan_in_fan_out to False for nn.Linear targets (with a warning); do the same.
-        self.warnings.append("fan_in_fan_out=True is ignored for nn.Linear layers, as peft does")
+        self._warn("fan_in_fan_out=True is ignored for nn.Linear layers, as peft does")
         for name, e in list(self._edits.items()):
             if e.lora is not None and e.lora.fan_in_fan_out:
                 self._edits[name] = replace(e, lora=replace(e.lora, fan_in_fan_out=False))
 
     def _settle_tied_head(self, base_shapes: dict[str, tuple[int, ...]], base_config: dict) -> None:
-        head = next((n for n in self._edits if _module_leaf(n.rsplit(".", 1)[0]) == "lm_head"), None)
-        embed = next((n for n in self._edits if _module_leaf(n.rsplit(".", 1)[0]) == "embed_tokens"), None)
+        head = next((n for n in self._edits if n.endswith("lm_head.weight")), None)
+        embed = next((n for n in self._edits if n.endswith("embed_tokens.weight")), None)
         tied = bool(base_config.get("tie_word_embeddings")) or (
             head is not None and head not in base_shapes and any(n.endswith("embed_tokens.weight") for n in base_shapes))
         if embed is not None and tied and head is None:
-            self.warnings.append("the base ties lm_head to embed_tokens: the embedding change also changes the "
-                                 "output head, as in peft's merge_and_unload")
+            self._warn("the base ties lm_head to embed_tokens: the embedding change also changes the "
+                       "output head, as in peft's merge_and_unload")
         if head is None or not tied:
             return
         if embed is not None and self._same_effect(self._edits[head], self._edits[embed]):
@@ -363,6 +363,10 @@ class Adapter:
                 raise self._error(f"adapter tensor {key} {got} does not fit {e.hf_name} {shape} with "
                                   f"{len(idx)} trainable token indices (max {max(idx) if idx else None})",
                                   hint="pass the base the adapter was trained on")
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def _shape_error(self, key: str, got: tuple, want: tuple, hf_name: str) -> AdapterError:
         return self._error(f"adapter tensor {key} has shape {got}, the base tensor {hf_name} needs {want}",
