@@ -165,6 +165,9 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     recorded = check_recorded_base(adapter, base_model, registry, adapter_dir, force_base) if base else None
     shapes = {n: i.shape for n, i in base_model.weights.tensors.items()}
     adapter.check_against_base(shapes, base_model.config)
+    for warning in adapter.warnings:
+        if log:
+            log(f"[yellow]adapter:[/yellow] {warning}")
     override = {}
     new_vocab = adapter.resized_vocab_size()
     if new_vocab is not None:

@@ -18,11 +18,11 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_dir() -> Path:
+    """$PERSONALIZE_SMOLLM2, else a user cache dir (not under $PERSONALIZE_HOME: tests swap that)."""
     env = os.environ.get("PERSONALIZE_SMOLLM2")
     if env:
         return Path(env)
-    home = Path(os.environ.get("PERSONALIZE_HOME") or Path.home() / ".cache" / "personalize")
-    return home / "models" / "SmolLM2-135M-Instruct"
+    return Path.home() / ".cache" / "personalize-models" / "SmolLM2-135M-Instruct"
 
 
 def ensure_smollm2(target: Path | None = None) -> Path:

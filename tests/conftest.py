@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning OpenMP threads crawl on busy cores
+
 import pytest
 
 from tests.tiny_models import add_chatml_tokenizer, make_tiny_model

@@ -16,8 +16,14 @@ from ingest.merge import merge_tensor
 from tests.adapter_fixtures import (FACT_QUESTION, FACT_WORD, SMOLLM2_DIR, base_shapes_and_config, generate_answer,
                                     make_smollm2_lora)
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (Path(SMOLLM2_DIR) / "config.json").is_file(), reason="SmolLM2 not cached")]
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _smollm2_present():
+    from personalize.smollm2 import ensure_smollm2
+
+    ensure_smollm2(Path(SMOLLM2_DIR))  # built once (scripts/test.sh does it first), then cached
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from personalize.smollm2 import ensure_smollm2
+
 import json
-from pathlib import Path
 
 import pytest
 from tests.test_artifacts_fixtures import make_model_dir
@@ -11,7 +12,7 @@ from tests.test_artifacts_fixtures import make_model_dir
 from artifacts.chat_config import build_chat_config, detect_tokenizer_info, read_chat_config, write_chat_config
 from artifacts.errors import ChatConfigError
 
-SMOLLM2 = Path("/work/cache/smollm2")
+SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 # MLCChatConfig's declared field order (mlc_llm/protocol/mlc_chat_config.py)
 MLC_FIELDS = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from personalize.smollm2 import ensure_smollm2
+
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from artifacts.conv_template import (
 )
 from artifacts.errors import ConvTemplateError
 
-SMOLLM2 = Path("/work/cache/smollm2")
+SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 ONE_TURN = [{"role": "user", "content": "What is the capital of France?"}]
 TWO_TURN = ONE_TURN + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from personalize.smollm2 import ensure_smollm2
+
 import json
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from _measure import CommandFailed, run_measured, warm_page_cache  # noqa: E402
 from _synthetic_model import llama_tensor_shapes, padded_tokenizer_json, write_random_safetensors  # noqa: E402
 
-SMOLLM2 = Path("/work/cache/smollm2")
+SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 
 def test_peak_rss_sees_a_child_allocation(tmp_path):
