@@ -43,6 +43,20 @@ TARGET_RSS_FRACTION = 0.5
 TARGET_RSS_BYTES = 1.5e9
 
 
+def git_revision() -> str:
+    """The commit personalize ran at (+ '-dirty' with local changes): the code moves fast."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -249,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     own_work = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="personalize-bench-")) if own_work else args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    report: dict = {"machine": machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    report: dict = {"machine": machine_info(), "personalize_revision": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "page_cache": "warm: every input file is read once, untimed, before the timed runs; "
                                   "`sync` before each run; outputs go to the page cache (no fsync by either tool)",
                     "quantization": {"personalize": QUANTIZATION, "llamacpp": GGUF_TYPE}, "repeat": args.repeat,
@@ -293,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
           f"peak RSS = max over runs.")
     print("Page cache warm: inputs read once untimed before timing; `sync` before each run.")
     print(f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, "
-          f"{human_bytes(report['machine']['ram_bytes'])} RAM\n")
+          f"{human_bytes(report['machine']['ram_bytes'])} RAM; personalize at {report['personalize_revision']}\n")
     print(table(summaries))
     for s in summaries:
         lo, hi = s["loadavg_1min_before_runs"]
