@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm.runtime.vm  # noqa: F401 - not imported by `import tvm` in runtime-only mode
 from tvm.runtime import ShapeTuple
 
 from .errors import RuntimeUserError, TokenRangeError
