@@ -22,10 +22,41 @@ DEFAULT_MAX_SEQ_LEN = 4096
 DEFAULT_PREFILL_CHUNK = 512
 
 
+def _ensure_cuda_loader() -> None:
+    """Runtime-only mode loads libtvm_runtime.so alone; CUDA modules need libtvm_runtime_cuda.so."""
+    if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is None:
+        import ctypes
+        import os
+
+        path = os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+        if os.path.exists(path):
+            ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
+    _register_cuda_jit()
+
+
+def _register_cuda_jit() -> None:
+    """TVM 0.27 ships CUDA kernels as source and compiles them when the library is loaded, through
+    `tvm_callback_cuda_compile`. Its default asks the compiler's current target for the GPU
+    architecture, which a runtime-only process does not have; name the device's architecture."""
+    import tvm_ffi
+    from tvm.support import nvcc
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        return
+    arch = "sm_" + dev.compute_version.replace(".", "")
+
+    def compile_for_device(code, *_):
+        return nvcc.compile_cuda(code, target_format="cubin", arch=arch, compiler="nvrtc")
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_for_device, override=True)
+
+
 def device_for(name: str):
     if name == "cpu":
         return tvm.cpu()
     if name == "cuda":
+        _ensure_cuda_loader()
         dev = tvm.cuda(0)
         if not dev.exist:
             raise RuntimeUserError("no CUDA device is visible", hint="run with --device cpu")
@@ -34,7 +65,8 @@ def device_for(name: str):
 
 
 def read_library_metadata(lib_path: Path, device: str = "cpu") -> dict[str, Any]:
-    vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), device_for(device))
+    dev = device_for(device)  # first: registers the CUDA module loader in runtime-only mode
+    vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
     return json.loads(str(vm["_metadata"]()))
 
 
