@@ -31,8 +31,12 @@ def _tvm_tag() -> str:
     return tvm.__version__.replace("+", "_")
 
 
+# Bumped whenever the graph or its kernels change, so a cached library from older code is not reused.
+GRAPH_VERSION = "g2"
+
+
 def library_filename(key: str, quantization: str, model_type: str, target: str) -> str:
-    return f"{model_type}-{quantization}-{key}-{target}-tvm{_tvm_tag()}.so"
+    return f"{model_type}-{quantization}-{key}-{target}-tvm{_tvm_tag()}-{GRAPH_VERSION}.so"
 
 
 @dataclass(frozen=True)
