@@ -99,7 +99,8 @@ def run_personalize(model_dir: Path, work: Path, tag: str, keep: bool) -> Measur
     return m
 
 
-def run_llamacpp(lc: LlamaCpp, model_dir: Path, work: Path, tag: str, keep: bool) -> tuple[Measurement, Measurement]:
+def run_llamacpp(lc: LlamaCpp, model_dir: Path, work: Path, tag: str, keep: bool,
+                 pure: bool = False) -> tuple[Measurement, Measurement]:
     f16 = work / f"llamacpp-{tag}-f16.gguf"
     q4 = work / f"llamacpp-{tag}-{GGUF_TYPE.lower()}.gguf"
     for p in (f16, q4):
@@ -110,7 +111,9 @@ def run_llamacpp(lc: LlamaCpp, model_dir: Path, work: Path, tag: str, keep: bool
                          str(f16)], env=env, cwd=lc.src, log_path=work / f"convert-{tag}.log",
                         hint="convert_hf_to_gguf.py failed")
     conv.extra.update(env=env, output_bytes=dir_bytes(f16))
-    quant = run_measured(f"llama-quantize [{tag}]", [str(lc.tool("llama-quantize")), str(f16), str(q4), GGUF_TYPE],
+    # By default llama-quantize keeps token_embd/output at Q6_K; --pure makes every tensor Q4_0.
+    quant = run_measured(f"llama-quantize [{tag}]", [str(lc.tool("llama-quantize")), *(["--pure"] if pure else []),
+                                                     str(f16), str(q4), GGUF_TYPE],
                          log_path=work / f"quantize-{tag}.log", hint="llama-quantize failed")
     quant.extra["output_bytes"] = dir_bytes(q4)
     if not keep:
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per tool (median wall, max RSS reported)")
     ap.add_argument("--skip-llamacpp", action="store_true", help="measure personalize only")
     ap.add_argument("--skip-personalize", action="store_true", help="measure llama.cpp only")
+    ap.add_argument("--llamacpp-pure", action="store_true",
+                    help="llama-quantize --pure: Q4_0 for every tensor (default keeps the embedding/output at Q6_K)")
     ap.add_argument("--json-out", type=Path, help="write every measurement as JSON here")
     ap.add_argument("--smollm2", type=Path, default=DEFAULT_SMOLLM2, help="SmolLM2-135M-Instruct HF dir")
     ap.add_argument("--cache", type=Path, default=None,
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": machine_info(), "personalize_revision": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "page_cache": "warm: every input file is read once, untimed, before the timed runs; "
                                   "`sync` before each run; outputs go to the page cache (no fsync by either tool)",
-                    "quantization": {"personalize": QUANTIZATION, "llamacpp": GGUF_TYPE}, "repeat": args.repeat,
+                    "quantization": {"personalize": QUANTIZATION, "llamacpp": GGUF_TYPE}, "repeat": args.repeat, "llamacpp_pure": args.llamacpp_pure,
                     "llamacpp": lc.build_info() | {"src": str(lc.src)} if lc else None, "models": {}}
     summaries = []
     try:
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"  {m.label}: {m.wall_s:.2f} s, peak RSS {human_bytes(m.peak_rss_bytes)}")
                     pz.append(m)
                 if lc:
-                    c, q = run_llamacpp(lc, model_dir, work, tag, keep=args.keep and last)
+                    c, q = run_llamacpp(lc, model_dir, work, tag, keep=args.keep and last, pure=args.llamacpp_pure)
                     say(f"  {c.label}: {c.wall_s:.2f} s, peak RSS {human_bytes(c.peak_rss_bytes)}; "
                         f"{q.label}: {q.wall_s:.2f} s, peak RSS {human_bytes(q.peak_rss_bytes)}")
                     conv.append(c)
