@@ -111,4 +111,4 @@ def test_cli_refuses_a_mismatch_in_one_line(home, tiny_llama, tiny_llama_untied,
     code, out, err = run_cli("generate", str(untied), "hi", "--lib", lib)
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error")]
-    assert len(lines) == 1 and "lm_head" in lines[0], err
+    assert len(lines) == 1 and "tie_word_embeddings" in lines[0] and "mlc-chat-config.json" in lines[0], err

@@ -126,6 +126,15 @@ def test_mismatched_artifacts_are_refused(artifacts, tiny_llama, tiny_llama_unti
         load(bad, lib=tied_lib)
     assert err.value.field == "model_config.rms_norm_eps"
     assert err.value.path.endswith("mlc-chat-config.json")
+    # a parameter missing from tensor-cache.json (the config alone looks fine): named
+    gap = tmp_path / "missing-param"
+    shutil.copytree(artifacts(tiny_llama, "q0f32"), gap)
+    doc = json.loads((gap / "tensor-cache.json").read_text())
+    doc["records"][0]["records"] = [r for r in doc["records"][0]["records"] if r["name"] != "model.norm.weight"]
+    (gap / "tensor-cache.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactMismatchError) as err:
+        load(gap, lib=tied_lib)
+    assert err.value.field == "model.norm.weight" and err.value.path.endswith("tensor-cache.json")
     # another quantization on this library
     with pytest.raises(ArtifactMismatchError) as err:
         load(artifacts(tiny_llama, "q4f32_1"), lib=tied_lib)
