@@ -22,9 +22,9 @@ SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 def test_peak_rss_sees_a_child_allocation(tmp_path):
     # 300 MB touched by the child: the kernel high-water mark must see it, wherever it lands.
-    code = "import numpy as np, time; a = np.ones(300_000_000 // 8); time.sleep(0.2); print(a.sum())"
+    code = "import numpy as np, time; a = np.ones(300_000_000 // 8); time.sleep(1.0); print(a.sum())"
     m = run_measured("alloc", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
-    assert m.ok and m.wall_s > 0.2
+    assert m.ok and m.wall_s > 1.0
     assert m.peak_rss_bytes > 300e6
     assert m.peak_anon_bytes > 250e6  # sampled, so allow for a missed last sample's slack
     small = run_measured("small", [sys.executable, "-c", "pass"], sync_first=False)
@@ -74,7 +74,7 @@ def test_peak_rss_sums_a_worker_process(tmp_path):
     code = ("import subprocess, sys, numpy as np\n"
             "a = np.ones(200_000_000 // 8)\n"
             "subprocess.run([sys.executable, '-c', 'import numpy as np, time; b = np.ones(200_000_000 // 8); "
-            "time.sleep(1.0)'])\n"
+            "time.sleep(1.5)'])\n"
             "print(a.sum())\n")
     m = run_measured("tree", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
     assert m.max_process_rss_bytes < 350e6
