@@ -187,6 +187,19 @@ class WeightReader:
     def names(self) -> list[str]:
         return list(self.tensors)
 
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of one tensor (axis 0), without reading the rest."""
+        info = self.tensors[name]
+        rows = max(0, min(stop, info.shape[0]) - start)
+        row_shape = tuple(info.shape[1:])
+        if self.format == "safetensors":
+            row_bytes = int(np.prod(row_shape, dtype=np.int64)) * info.dtype.itemsize
+            part = TensorInfo(name, (rows,) + row_shape, info.dtype, info.file,
+                              offset=info.offset + start * row_bytes)
+            return _read_safetensors([part])[name]
+        state = _torch_load(info.file)
+        return _torch_to_numpy(state[name][start:start + rows]).copy()
+
     def read(self, names: list[str]) -> list[np.ndarray]:
         """Read tensors (opening each needed file once), as numpy arrays in their stored dtype."""
         by_file: dict[Path, list[str]] = {}

@@ -203,7 +203,8 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
                            model_config=plan.config.model_config, source_dir=chat_dir,
                            conv_template=conv_template)
         weights = write_weights(plan, tmp, timer, progress,
-                                merge=lambda hf_name, arr: merge_tensor(adapter, hf_name, arr), reuse=reuse)
+                                merge=lambda hf_name, arr: merge_tensor(adapter, hf_name, arr), reuse=reuse,
+                                merge_targets=touched)
         with timer.time("write"):
             chat_config = write_chat_files(tmp, chat.result())
         lineage = build_lineage(plan, name=name, source_kind="adapter", source_path=adapter_dir,

@@ -126,7 +126,8 @@ ReuseFn = Callable[[SourceParam], "list[tuple[str, np.ndarray]] | None"]
 
 
 def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progress: ProgressFn | None = None,
-                  merge: MergeFn | None = None, reuse: ReuseFn | None = None) -> dict:
+                  merge: MergeFn | None = None, reuse: ReuseFn | None = None,
+                  merge_targets: set[str] | None = None) -> dict:
     """Stream every parameter through read -> merge -> quantize -> shard writer. Returns the cache doc.
 
     Also hashes the source tensors as they stream by (name, shape, dtype, bytes): the content hash
@@ -149,22 +150,22 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
             if progress:
                 progress(sum(infos[s].nbytes for s in param.sources), param.name)
             continue
-        with timer.time("read"):
-            arrays = plan.model.weights.read(list(param.sources))
-            for source, array in zip(param.sources, arrays):
-                tensor_digests[source] = tensor_digest(array)
-        if merge is not None:
-            with timer.time("merge"):
-                arrays = [merge(name, arr) for name, arr in zip(param.sources, arrays)]
-        with timer.time("quantize"):
-            weight = arrays[0] if len(arrays) == 1 else _concat_rows(arrays)
-            del arrays
-            try:
-                outputs = quantize_param(param, weight, scheme)
-            except NonFiniteWeightError as exc:  # NaN/Inf in the source, or too large for the model dtype
-                files = sorted({str(infos[s].file) for s in param.sources})
-                raise IngestError(str(exc), path=files[0], hint=exc.hint) from exc
-            del weight
+        if len(param.sources) == 1 and infos[param.sources[0]].nbytes > ROW_CHUNK_BYTES \
+                and (merge is None or (merge_targets is not None and param.sources[0] not in merge_targets)):
+            outputs = quantize_in_row_blocks(plan, param, scheme, timer, tensor_digests)
+        else:
+            with timer.time("read"):
+                arrays = plan.model.weights.read(list(param.sources))
+                for source, array in zip(param.sources, arrays):
+                    tensor_digests[source] = tensor_digest(array)
+            if merge is not None:
+                with timer.time("merge"):
+                    arrays = [merge(name, arr) for name, arr in zip(param.sources, arrays)]
+            with timer.time("quantize"):
+                weight = arrays[0] if len(arrays) == 1 else _concat_rows(arrays)
+                del arrays
+                outputs = quantize_checked(param, weight, scheme, infos)
+                del weight
         with timer.time("write"):
             for name, array in outputs:
                 writer.add(name, array)
@@ -180,6 +181,54 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
         doc = writer.finish(metadata)
     return {"doc": doc, "shard_hashes": dict(writer.file_hashes), "reused_params": reused,
             "source_content_sha256": combine_digests(tensor_digests) if reused == 0 else None}
+
+
+# A single tensor bigger than this (an embedding, an untied lm_head) is read and quantized in row
+# blocks: group quantization is row-independent, so the result is identical and the source tensor
+# is never in memory whole (the 128256x2048 embedding of Llama-3.2-1B is 501 MiB in bf16).
+ROW_CHUNK_BYTES = 64 * 2**20
+
+
+def quantize_checked(param: SourceParam, weight: np.ndarray, scheme, infos) -> list[tuple[str, np.ndarray]]:
+    try:
+        return quantize_param(param, weight, scheme)
+    except NonFiniteWeightError as exc:  # NaN/Inf in the source, or too large for the model dtype
+        files = sorted({str(infos[s].file) for s in param.sources})
+        raise IngestError(str(exc), path=files[0], hint=exc.hint) from exc
+
+
+def quantize_in_row_blocks(plan: ConversionPlan, param: SourceParam, scheme, timer: StageTimer,
+                           tensor_digests: dict[str, str]) -> list[tuple[str, np.ndarray]]:
+    """Read, hash and quantize one large tensor a block of rows at a time into preallocated outputs."""
+    (source,) = param.sources
+    info = plan.model.weights.tensors[source]
+    rows = info.shape[0]
+    row_bytes = max(1, info.nbytes // max(rows, 1))
+    step = max(1, ROW_CHUNK_BYTES // 4 // row_bytes)
+    axis = 1 if scheme.transposes(param.role) else 0  # KN layouts put the rows on axis 1
+    digest = hashlib.sha256(f"{list(info.shape)}|{info.dtype}|".encode())
+    outputs: list[tuple[str, np.ndarray]] = []
+    for start in range(0, rows, step):
+        with timer.time("read"):
+            block = plan.model.weights.read_rows(source, start, start + step)
+            digest.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
+        with timer.time("quantize"):
+            part = SourceParam(param.name, (block.shape[0],) + tuple(param.shape[1:]), param.sources, param.role)
+            pieces = quantize_checked(part, block, scheme, plan.model.weights.tensors)
+            if not outputs:
+                outputs = [(name, np.empty(_full_shape(arr.shape, axis, rows), arr.dtype)) for name, arr in pieces]
+            for (_, full), (_, arr) in zip(outputs, pieces):
+                index = [slice(None)] * arr.ndim
+                index[axis if arr.ndim > 1 else 0] = slice(start, start + block.shape[0])
+                full[tuple(index)] = arr
+    tensor_digests[source] = digest.hexdigest()
+    return outputs
+
+
+def _full_shape(shape: tuple[int, ...], axis: int, rows: int) -> tuple[int, ...]:
+    out = list(shape)
+    out[axis if len(shape) > 1 else 0] = rows
+    return tuple(out)
 
 
 def tensor_digest(array: np.ndarray) -> str:

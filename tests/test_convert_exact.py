@@ -183,3 +183,24 @@ def test_source_formats(home, tmp_path, fmt):
         oracle = tmp_path / "oracle"
         write_oracle(src, "q4f16_1", oracle)
         assert_same_tensor_cache(out, oracle)
+
+
+@pytest.mark.parametrize("scheme", ["q4f16_1", "q4f16_0", "q3f16_1", "q0f16", "q4f32_1"])
+def test_row_blocks_give_identical_bytes(home, tmp_path, odd_models, monkeypatch, scheme):
+    """Large tensors are read and quantized in row blocks; force tiny blocks: same bytes as the oracle."""
+    import personalize.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "ROW_CHUNK_BYTES", 2048)  # every tensor > 2 KiB goes block by block
+    src = odd_models["llama-untied"]
+    out = tmp_path / "ours"
+    code, _, err = run_cli("add", str(src), "--quantization", scheme, "--output", str(out), "--no-eval", "--quiet")
+    assert code == 0, err
+    oracle = tmp_path / "oracle"
+    write_oracle(src, scheme, oracle)
+    assert_same_tensor_cache(out, oracle)
+    full = tmp_path / "unblocked"
+    monkeypatch.setattr(pipeline, "ROW_CHUNK_BYTES", 2**40)
+    code, _, err = run_cli("add", str(src), "--quantization", scheme, "--output", str(full), "--no-eval", "--quiet")
+    assert code == 0, err
+    lineage = [json.loads((d / "personalize.json").read_text()) for d in (out, full)]
+    assert lineage[0]["source"]["content_sha256"] == lineage[1]["source"]["content_sha256"]
