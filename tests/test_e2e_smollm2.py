@@ -117,3 +117,32 @@ def test_lora_variant_end_to_end(registry_home, base_artifact, lora_dir):
     assert FACT_WORD in proc.stdout, proc.stdout
     proc = cli(registry_home, "generate", "smol", QUESTION, "--max-tokens", "24")
     assert FACT_WORD not in proc.stdout and "Paris" in proc.stdout
+
+
+def test_second_full_finetune_runs_on_the_same_library(registry_home, base_artifact, lora_dir, smollm2_dir,
+                                                       tmp_path):
+    """A different full fine-tune (the LoRA merged by peft and saved as a plain model) has the same
+    library key and runs on the library built for the first, without compiling again."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from personalize.demo_finetune import FACT_WORD
+
+    full = tmp_path / "full-finetune"
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.bfloat16)
+    model = PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload()
+    model.save_pretrained(full)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(full)
+    libs = sorted((registry_home / "libs").glob("*.so"))
+    stamps = {p: p.stat().st_mtime_ns for p in libs}
+    proc = cli(registry_home, "add", str(full), "--quantization", "q4f16_1", "--name", "full-ft", "--json",
+               "--no-eval")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["library_key"] == base_artifact["library_key"]
+    proc = cli(registry_home, "generate", "full-ft", QUESTION, "--max-tokens", "24")
+    assert proc.returncode == 0, proc.stderr
+    assert "building" not in proc.stderr.lower()
+    assert FACT_WORD in proc.stdout, proc.stdout
+    assert sorted((registry_home / "libs").glob("*.so")) == libs
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
