@@ -246,3 +246,61 @@ def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
                                     y[i, T.min(no * R + r, N - 1)] = y[i, T.min(no * R + r, N - 1)] + acc[r, wi]
 
     return group_linear_nk
+
+
+def rms_norm_kernel(hidden: int, eps: float, wdtype: str):
+    """A PrimFunc (x [m, hidden] f32, weight [hidden], y [m, hidden] f32): y = x * rsqrt(mean(x^2) + eps) * w.
+
+    Why hand-written: dlight's CPU Reduction rule schedules TVM's legalized rms_norm by recomputing the
+    whole sum of squares for every output element (hidden^2 work), which cost more than all matmuls
+    together in decode. One vectorized pass for the sum, one for the scaling; rows in parallel for
+    prefill only (a thread-pool launch costs more than one 576-wide row).
+    """
+    lanes = _lanes(hidden)
+    KO = hidden // lanes
+    f32 = "float32"
+
+    @T.prim_func(private=True, s_tir=True)
+    def rms_norm_cpu(var_x: T.handle, var_w: T.handle, var_y: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()
+        x = T.match_buffer(var_x, (m, hidden), f32)
+        w = T.match_buffer(var_w, (hidden,), wdtype)
+        y = T.match_buffer(var_y, (m, hidden), f32)
+        with T.sblock("root"):
+            if m == 1:
+                with T.sblock("rms_norm_row"):
+                    acc = T.sblock_alloc_buffer((lanes,), f32, scope="local")
+                    scale = T.sblock_alloc_buffer((1,), f32, scope="local")
+                    for ki in T.vectorized(lanes):
+                        acc[ki] = T.float32(0)
+                    for ko in range(KO):
+                        for ki in T.vectorized(lanes):
+                            acc[ki] = acc[ki] + x[0, ko * lanes + ki] * x[0, ko * lanes + ki]
+                    scale[0] = T.float32(0)
+                    for ki in T.unroll(lanes):
+                        scale[0] = scale[0] + acc[ki]
+                    scale[0] = T.rsqrt(scale[0] / T.float32(hidden) + T.float32(eps))
+                    for ko in range(KO):
+                        for ki in T.vectorized(lanes):
+                            y[0, ko * lanes + ki] = scale[0] * x[0, ko * lanes + ki] * T.Cast(f32, w[ko * lanes + ki])
+            else:
+                for i in T.parallel(m):
+                    with T.sblock("rms_norm_rows"):
+                        acc = T.sblock_alloc_buffer((lanes,), f32, scope="local")
+                        scale = T.sblock_alloc_buffer((1,), f32, scope="local")
+                        for ki in T.vectorized(lanes):
+                            acc[ki] = T.float32(0)
+                        for ko in range(KO):
+                            for ki in T.vectorized(lanes):
+                                acc[ki] = acc[ki] + x[i, ko * lanes + ki] * x[i, ko * lanes + ki]
+                        scale[0] = T.float32(0)
+                        for ki in T.unroll(lanes):
+                            scale[0] = scale[0] + acc[ki]
+                        scale[0] = T.rsqrt(scale[0] / T.float32(hidden) + T.float32(eps))
+                        for ko in range(KO):
+                            for ki in T.vectorized(lanes):
+                                y[i, ko * lanes + ki] = scale[0] * x[i, ko * lanes + ki] * T.Cast(
+                                    f32, w[ko * lanes + ki])
+
+    return rms_norm_cpu

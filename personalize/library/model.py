@@ -18,7 +18,7 @@ from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedK
 from personalize.arch import LibraryConfig
 from quantize.schemes import Scheme
 
-from .cpu_kernels import WeightFormat, linear_kernel
+from .cpu_kernels import WeightFormat, linear_kernel, rms_norm_kernel
 
 
 class GraphOptions:
@@ -152,9 +152,17 @@ class RMSNorm(nn.Module):
     def __init__(self, hidden: int, eps: float, opts: GraphOptions):
         self.weight = nn.Parameter((hidden,), opts.scheme.model_dtype)
         self.eps = eps
+        self.hidden = hidden
+        self.is_cpu = opts.is_cpu
 
     def forward(self, x: Tensor) -> Tensor:
-        return op.rms_norm(x, self.weight.astype(x.dtype), axes=[-1], epsilon=self.eps)
+        if not self.is_cpu:
+            return op.rms_norm(x, self.weight.astype(x.dtype), axes=[-1], epsilon=self.eps)
+        lead = list(x.shape[:-1])
+        x2 = op.reshape(x, (-1, self.hidden))
+        y = op.tensor_ir_op(rms_norm_kernel(self.hidden, self.eps, self.weight.dtype), "rms_norm_cpu",
+                            [x2, self.weight], Tensor.placeholder(x2.shape, "float32"))
+        return op.reshape(y, (*lead, self.hidden))
 
 
 class Attention(nn.Module):
