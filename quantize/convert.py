@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from quantize.errors import NonFiniteWeightError, QuantizeError
@@ -13,6 +15,17 @@ from quantize.schemes import Scheme
 from quantize.spec import Dim, LibraryParam, SourceParam
 
 _SOURCE_DTYPES = ("float32", "float16", "bfloat16")
+
+# How per-group scales are chosen: "mlc" = absmax/max_int (bit-exact with MLC's converter),
+# "mse" = searched for the smallest squared error (same format, same compiled library).
+ScaleMode = Literal["mlc", "mse"]
+SCALE_MODES: tuple[str, ...] = ("mlc", "mse")
+
+
+def check_scale_mode(scales: str) -> None:
+    """Raise QuantizeError unless `scales` is one of SCALE_MODES."""
+    if scales not in SCALE_MODES:
+        raise QuantizeError(f"unknown scale mode {scales!r}", hint=f"use one of: {', '.join(SCALE_MODES)}")
 
 
 def library_params(params: list[SourceParam], scheme: Scheme) -> list[LibraryParam]:
@@ -45,19 +58,28 @@ def _library_params_of(p: SourceParam, scheme: Scheme) -> list[LibraryParam]:
     ]
 
 
-def quantize_param(param: SourceParam, weight: np.ndarray, scheme: Scheme) -> list[tuple[str, np.ndarray]]:
+def quantize_param(
+    param: SourceParam, weight: np.ndarray, scheme: Scheme, *, scales: ScaleMode = "mlc"
+) -> list[tuple[str, np.ndarray]]:
     """The library arrays for one parameter: [(name, array)] in library_params order.
 
     `weight` is the (already concatenated) source tensor in its source dtype. It is cast to the
     model dtype (RNE, overflow -> inf), checked to be finite, then quantized if the role is.
+    `scales`: "mlc" is bit-exact with MLC's converter; "mse" searches per-group scales for a
+    smaller reconstruction error in the same format (quantize/search.py).
     """
     from quantize.group import NonFiniteRows, group_quantize  # torch loads only when arrays are made
 
+    check_scale_mode(scales)
     _check_input(param, weight)
     if not scheme.quantizes(param.role):
         return [(param.name, _cast_checked(param, weight, scheme.model_dtype))]
+    if scales == "mse":
+        from quantize.search import search_quantize as quantize_groups
+    else:
+        quantize_groups = group_quantize
     try:
-        q_weight, q_scale = group_quantize(
+        q_weight, q_scale = quantize_groups(
             weight, scheme.model_dtype, scheme.bits, scheme.group_size, transpose=scheme.transposes(param.role)
         )
     except NonFiniteRows as bad:
