@@ -25,7 +25,7 @@ from quantize.spec import SourceParam
 from registry.store import Registry, check_name, is_artifact_dir, staged_directory
 
 from .pipeline import (AddResult, ConversionPlan, StageTimer, build_lineage, default_name, finalize_artifact,
-                       plan_conversion, side_process, write_chat_files, write_weights)
+                       plan_conversion, quantization_options, side_process, write_chat_files, write_weights)
 
 # Config fields that must agree between the adapter's recorded base and the base given.
 IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -69,11 +69,15 @@ def resolve_base(spec: str, registry: Registry, adapter_path: Path) -> BaseResol
                       hint="pass --base with a registry name or a local HF model directory")
 
 
-def find_registry_artifact(registry: Registry, base_dir: Path, quantization: str) -> Path | None:
-    """The registry's artifact of this exact base directory and quantization, if any."""
+def find_registry_artifact(registry: Registry, base_dir: Path, quantization: str,
+                           options: dict | None = None) -> Path | None:
+    """The registry's artifact of this exact base directory and quantization (and quantization
+    options, e.g. the scale mode), if any."""
+    options = options or {"scales": "mlc"}
     for entry in registry.entries():
         source = entry.lineage.get("source", {})
         if (source.get("kind") == "model" and entry.lineage.get("quantization") == quantization
+                and quantization_options(entry.lineage) == options
                 and Path(source.get("path", "/nonexistent")).resolve() == base_dir.resolve()):
             return entry.path
     return None
@@ -121,8 +125,9 @@ def same_base_files(base_lineage: dict, base_model: ModelDir) -> bool:
 
 def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: ConversionPlan,
                touched: set[str]) -> Callable[[SourceParam], list | None] | None:
-    """Copy untouched parameters' finished tensors from the base artifact (same scheme, same base)."""
-    if base_artifact is None:
+    """Copy untouched parameters' finished tensors from the base artifact (same scheme, same scale
+    mode, same base)."""
+    if base_artifact is None or quantization_options(base_lineage or {}) != {"scales": plan.scales}:
         return None
     from artifacts.tensor_cache import load_tensor
 
@@ -145,14 +150,13 @@ def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: Conv
             out.append((lib.name, array))
         return out
 
-    del base_lineage
     return reuse
 
 
 def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, output: Path | None,
                 base: str | None, force_base: bool, conv_template: str | None, force: bool, evaluate: bool,
                 device: str, progress=None, progress_total=None, log=None, source_record: dict | None = None,
-                registry: Registry | None = None) -> AddResult:
+                registry: Registry | None = None, scales: str = "mlc") -> AddResult:
     t_start = time.perf_counter()
     registry = registry or Registry()
     adapter = load_adapter(adapter_dir)
@@ -173,14 +177,17 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     if new_vocab is not None:
         override["vocab_size"] = new_vocab
     plan = plan_conversion(base_model, quantization, config_override=override,
-                           shape_overrides=resized_shapes(adapter, shapes, new_vocab))
+                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=scales)
     touched = set(adapter.target_hf_names())
 
     base_artifact = resolved.artifact if resolved.artifact is not None else None
-    if base_artifact is not None and read_json(base_artifact / "personalize.json").get("quantization") != quantization:
-        base_artifact = None
+    options = {"scales": plan.scales}
+    if base_artifact is not None:
+        resolved_lineage = read_json(base_artifact / "personalize.json")
+        if resolved_lineage.get("quantization") != quantization or quantization_options(resolved_lineage) != options:
+            base_artifact = None
     if base_artifact is None:
-        base_artifact = find_registry_artifact(registry, resolved.model_dir, quantization)
+        base_artifact = find_registry_artifact(registry, resolved.model_dir, quantization, options)
     base_lineage = read_json(base_artifact / "personalize.json") if base_artifact else None
     if base_lineage is not None and not same_base_files(base_lineage, base_model):
         base_artifact, base_lineage = None, None  # the base changed since its artifact was written

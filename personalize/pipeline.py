@@ -23,7 +23,7 @@ from artifacts.lineage import write_lineage
 from artifacts.tensor_cache import TensorCacheWriter
 from ingest.errors import IngestError
 from ingest.source import ModelDir, config_sha256, open_model_dir
-from quantize import NonFiniteWeightError, get_scheme, library_params, quantize_param
+from quantize import NonFiniteWeightError, check_scale_mode, get_scheme, library_params, quantize_param
 from quantize.spec import SourceParam
 from registry.store import Registry, check_name, staged_directory
 
@@ -65,6 +65,7 @@ class ConversionPlan:
     quantization: str
     params: list[SourceParam]
     order: list[SourceParam]
+    scales: str = "mlc"  # per-group scale choice: "mlc" (bit-exact) or "mse" (quantize/search.py)
 
     @property
     def library_key(self) -> str:
@@ -77,8 +78,9 @@ class ConversionPlan:
 
 
 def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None,
-                    shape_overrides: dict[str, tuple[int, ...]] | None = None) -> ConversionPlan:
+                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc") -> ConversionPlan:
     scheme = get_scheme(quantization)
+    check_scale_mode(scales)
     hf_config = dict(model.config)
     if config_override:
         hf_config.update(config_override)
@@ -88,7 +90,7 @@ def plan_conversion(model: ModelDir, quantization: str, config_override: dict | 
     check_sources(model, params, shape_overrides or {})
     library_params(params, scheme)  # raises early if the scheme cannot express a parameter
     order = loading_order(params, model.weights.file_order)
-    return ConversionPlan(model, arch, config, scheme.name, params, order)
+    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales)
 
 
 def check_sources(model: ModelDir, params: list[SourceParam],
@@ -164,7 +166,7 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
             with timer.time("quantize"):
                 weight = arrays[0] if len(arrays) == 1 else _concat_rows(arrays)
                 del arrays
-                outputs = quantize_checked(param, weight, scheme, infos)
+                outputs = quantize_checked(param, weight, scheme, infos, scales=plan.scales)
                 del weight
         with timer.time("write"):
             for name, array in outputs:
@@ -189,9 +191,10 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
 ROW_CHUNK_BYTES = 64 * 2**20
 
 
-def quantize_checked(param: SourceParam, weight: np.ndarray, scheme, infos) -> list[tuple[str, np.ndarray]]:
+def quantize_checked(param: SourceParam, weight: np.ndarray, scheme, infos,
+                     scales: str = "mlc") -> list[tuple[str, np.ndarray]]:
     try:
-        return quantize_param(param, weight, scheme)
+        return quantize_param(param, weight, scheme, scales=scales)
     except NonFiniteWeightError as exc:  # NaN/Inf in the source, or too large for the model dtype
         files = sorted({str(infos[s].file) for s in param.sources})
         raise IngestError(str(exc), path=files[0], hint=exc.hint) from exc
@@ -214,7 +217,7 @@ def quantize_in_row_blocks(plan: ConversionPlan, param: SourceParam, scheme, tim
             digest.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
         with timer.time("quantize"):
             part = SourceParam(param.name, (block.shape[0],) + tuple(param.shape[1:]), param.sources, param.role)
-            pieces = quantize_checked(part, block, scheme, plan.model.weights.tensors)
+            pieces = quantize_checked(part, block, scheme, plan.model.weights.tensors, scales=plan.scales)
             if not outputs:
                 outputs = [(name, np.empty(_full_shape(arr.shape, axis, rows), arr.dtype)) for name, arr in pieces]
             for (_, full), (_, arr) in zip(outputs, pieces):
@@ -264,12 +267,12 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
               registry: Registry | None = None, progress: ProgressFn | None = None,
               progress_total: Callable[[int], None] | None = None,
               source_record: dict | None = None,
-              gate: Callable[[Path, dict], dict | None] | None = None) -> AddResult:
+              gate: Callable[[Path, dict], dict | None] | None = None, scales: str = "mlc") -> AddResult:
     """Convert a full HF model directory into an artifact (in the registry, or at `output`)."""
     t_start = time.perf_counter()
     registry = registry or Registry()
     model = open_model_dir(Path(source))
-    plan = plan_conversion(model, quantization)
+    plan = plan_conversion(model, quantization, scales=scales)
     if output is None:
         name = check_name(name or default_name(model.path, quantization))
         destination = registry.path(name)
@@ -329,10 +332,16 @@ def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, s
         "source": source,
         "model_type": plan.config.model_type,
         "quantization": plan.quantization,
+        "quantization_options": {"scales": plan.scales},
         "library_key": plan.library_key,
         "compiled_config": plan.config.compiled,
         "tools": tool_versions(),
     }
+
+
+def quantization_options(lineage: dict) -> dict:
+    """How an artifact's tensors were quantized beyond the scheme name (older artifacts: MLC's scales)."""
+    return lineage.get("quantization_options") or {"scales": "mlc"}
 
 
 def weight_file_stamps(model: ModelDir) -> dict[str, dict[str, int]]:

@@ -31,6 +31,8 @@ def add(
     force: bool = typer.Option(False, "--force", help="replace an existing artifact of the same name"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the equivalence gate"),
     device: str = typer.Option("cpu", "--device", help="device for the equivalence gate: cpu or cuda"),
+    scales: str = typer.Option("mlc", "--scales", help="per-group scales: mlc (bit-exact with MLC's "
+                               "converter) or mse (searched for lower error; same format and library)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
@@ -41,7 +43,7 @@ def add(
         result = add_source(source, quantization=quantization, name=name, output=output, base=base,
                             force_base=force_base, conv_template=conv_template, force=force,
                             evaluate=not no_eval, device=device, progress=advance, progress_total=set_total,
-                            log=None if json_out else stderr.print)
+                            log=None if json_out else stderr.print, scales=scales)
     doc = {"name": result.name, "path": str(result.path), "library_key": result.lineage["library_key"],
            "quantization": result.lineage["quantization"], "timings": result.lineage.get("timings"),
            "eval": result.lineage.get("eval")}
