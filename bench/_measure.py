@@ -12,12 +12,15 @@ The sampler also splits RSS into anonymous pages (what the tool allocated) and f
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -94,9 +97,9 @@ def _status_kb(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
 class _TreeSampler(threading.Thread):
     """Polls the RSS split of a process tree until stopped (max of the per-sample sums)."""
 
-    def __init__(self, pid: int, interval_s: float = 0.02):
+    def __init__(self, pid: int, interval_s: float = 0.02, include_root: bool = True):
         super().__init__(daemon=True)
-        self.pid, self.interval_s = pid, interval_s
+        self.pid, self.interval_s, self.include_root = pid, interval_s, include_root
         self.peak_anon = self.peak_file = self.peak_total = 0
         self._halt = threading.Event()
 
@@ -107,7 +110,7 @@ class _TreeSampler(threading.Thread):
             return
         while not self._halt.is_set():
             try:
-                pids = [self.pid] + [c.pid for c in root.children(recursive=True)]
+                pids = ([self.pid] if self.include_root else []) + [c.pid for c in root.children(recursive=True)]
             except psutil.Error:
                 break
             anon = file = total = 0
@@ -124,6 +127,22 @@ class _TreeSampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
+
+
+# argv[1] = where to write the child's rusage as JSON, argv[2:] = the command.
+_LAUNCHER = (
+    "import json, os, sys\n"
+    "try:\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as e:\n"
+    "    sys.stderr.write(str(e) + '\\n'); os._exit(127)\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "with open(sys.argv[1], 'w') as f:\n"
+    "    json.dump({'status': status, 'ru_maxrss': ru.ru_maxrss, 'ru_utime': ru.ru_utime,"
+    " 'ru_stime': ru.ru_stime}, f)\n"
+)
 
 
 def run_measured(label: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
@@ -143,15 +162,22 @@ def run_measured(label: str, argv: Sequence[str], *, env: dict[str, str] | None 
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL
     try:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, env=full_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        sampler = _TreeSampler(proc.pid)
-        sampler.start()
-        # wait4 instead of proc.wait(): it hands back this child's own rusage.
-        _, status, ru = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        sampler.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        # A small launcher forks the command: on Linux a child's ru_maxrss starts at its parent's
+        # RSS at fork (exec keeps the old mm's high-water mark), so forking from a large process
+        # (pytest, a bench that wrote a model) would inflate the number. The launcher is ~10 MB.
+        with tempfile.NamedTemporaryFile("r", suffix=".json") as usage_file:
+            proc = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, usage_file.name, *argv], env=full_env,
+                                    cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            sampler = _TreeSampler(proc.pid, include_root=False)
+            sampler.start()
+            proc.wait()
+            wall = time.perf_counter() - t0
+            sampler.stop()
+            usage = json.loads(usage_file.read() or "{}")
+        if not usage:
+            raise RuntimeError(f"could not start {argv[0]} (see {log_path or 'the log'})")
+        ru = types.SimpleNamespace(**usage)
+        proc.returncode = os.waitstatus_to_exitcode(ru.status)
     finally:
         if log_path:
             log.close()

@@ -31,6 +31,14 @@ def test_peak_rss_sees_a_child_allocation(tmp_path):
     assert small.peak_rss_bytes < m.peak_rss_bytes - 250e6
 
 
+def test_a_large_parent_does_not_inflate_the_child(tmp_path):
+    # Linux starts a forked child's ru_maxrss at the parent's RSS; the launcher keeps that out.
+    ballast = np.ones(400_000_000 // 8)
+    small = run_measured("small", [sys.executable, "-c", "pass"], sync_first=False)
+    assert small.peak_rss_bytes < 150e6, small
+    assert ballast.sum() > 0
+
+
 def test_failed_command_raises_with_log_tail(tmp_path):
     with pytest.raises(CommandFailed) as info:
         run_measured("boom", [sys.executable, "-c", "import sys; print('the reason'); sys.exit(3)"],
