@@ -72,9 +72,12 @@ def test_library_config_round_trips_through_chat_config(fixture, request, tmp_pa
     assert library_key(rebuilt, "q4f16_1") == json.loads((art / "personalize.json").read_text())["library_key"]
 
 
-def test_lib_build_caches_and_lists(home, tiny_llama, tmp_path):
+def test_lib_build_caches_and_lists(tiny_llama, tmp_path, monkeypatch):
     """Production CPU pipeline, once: build, embedded metadata, second build is a cache hit, lib list."""
     from personalize.pipeline import add_model
+
+    home = tmp_path / "private-home"  # its own libs dir: this test is about the cache itself
+    monkeypatch.setenv("PERSONALIZE_HOME", str(home))
     from personalize.runtime.engine import read_library_metadata
 
     art = add_model(tiny_llama, quantization="q4f16_1", output=tmp_path / "art").path
