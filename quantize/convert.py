@@ -16,10 +16,12 @@ from quantize.spec import Dim, LibraryParam, SourceParam
 
 _SOURCE_DTYPES = ("float32", "float16", "bfloat16")
 
-# How per-group scales are chosen: "mlc" = absmax/max_int (bit-exact with MLC's converter),
-# "mse" = searched for the smallest squared error (same format, same compiled library).
-ScaleMode = Literal["mlc", "mse"]
-SCALE_MODES: tuple[str, ...] = ("mlc", "mse")
+# How per-group scales are chosen (quantize/search.py): "mlc" = absmax/max_int, bit-exact with
+# MLC's converter; "mse" = searched for the smallest squared error (clips extremes); "range" =
+# the smallest scale that clips nothing using the top code 2**bits-1 too (+8 for int4), which
+# MLC's converter never writes but every MLC dequant kernel decodes. Same format, same library.
+ScaleMode = Literal["mlc", "mse", "range"]
+SCALE_MODES: tuple[str, ...] = ("mlc", "mse", "range")
 
 
 def check_scale_mode(scales: str) -> None:
@@ -65,8 +67,8 @@ def quantize_param(
 
     `weight` is the (already concatenated) source tensor in its source dtype. It is cast to the
     model dtype (RNE, overflow -> inf), checked to be finite, then quantized if the role is.
-    `scales`: "mlc" is bit-exact with MLC's converter; "mse" searches per-group scales for a
-    smaller reconstruction error in the same format (quantize/search.py).
+    `scales`: "mlc" is bit-exact with MLC's converter; "mse" and "range" pick other per-group
+    scales in the same format, never with a larger per-group error (quantize/search.py).
     """
     from quantize.group import NonFiniteRows, group_quantize  # torch loads only when arrays are made
 
@@ -74,14 +76,16 @@ def quantize_param(
     _check_input(param, weight)
     if not scheme.quantizes(param.role):
         return [(param.name, _cast_checked(param, weight, scheme.model_dtype))]
-    if scales == "mse":
-        from quantize.search import search_quantize as quantize_groups
-    else:
-        quantize_groups = group_quantize
     try:
-        q_weight, q_scale = quantize_groups(
-            weight, scheme.model_dtype, scheme.bits, scheme.group_size, transpose=scheme.transposes(param.role)
-        )
+        if scales == "mlc":
+            q_weight, q_scale = group_quantize(
+                weight, scheme.model_dtype, scheme.bits, scheme.group_size, transpose=scheme.transposes(param.role)
+            )
+        else:
+            from quantize.search import search_quantize
+
+            q_weight, q_scale = search_quantize(weight, scheme.model_dtype, scheme.bits, scheme.group_size,
+                                                transpose=scheme.transposes(param.role), mode=scales)
     except NonFiniteRows as bad:
         raise _non_finite(param, weight, scheme.model_dtype, bad.row) from None
     return [(f"{param.module}.q_weight", q_weight), (f"{param.module}.q_scale", q_scale)]
