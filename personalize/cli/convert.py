@@ -32,7 +32,8 @@ def add(
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the equivalence gate"),
     device: str = typer.Option("cpu", "--device", help="device for the equivalence gate: cpu or cuda"),
     scales: str = typer.Option("mlc", "--scales", help="per-group scales: mlc (bit-exact with MLC's "
-                               "converter) or mse (searched for lower error; same format and library)"),
+                               "converter), range (no clipping, uses the top code; lower error) or mse "
+                               "(clips extremes for the least squared error); same format and library"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
