@@ -62,6 +62,9 @@ def linear_kernel(fmt: WeightFormat, k: int, rows: int = 4):
     return _group_kernel(fmt, k, rows)
 
 
+MI = 4  # activation rows per register tile in prefill (MI x R accumulators of `lanes` floats)
+
+
 def _dense_kernel(wdtype: str, K: int, R: int):
     lanes = _lanes(K)
     KO = K // lanes
@@ -78,19 +81,41 @@ def _dense_kernel(wdtype: str, K: int, R: int):
         for no in T.parallel((N + R - 1) // R):
             with T.sblock("dense_linear"):
                 acc = T.sblock_alloc_buffer((R, lanes), f32, scope="local")
-                for i in range(m):
+                tile = T.sblock_alloc_buffer((MI, R, lanes), f32, scope="local")
+                if m == 1:
                     for r in T.unroll(R):
                         for ki in T.vectorized(lanes):
                             acc[r, ki] = T.float32(0)
                     for ko in range(KO):
                         for r in T.unroll(R):
                             for ki in T.vectorized(lanes):
-                                acc[r, ki] = acc[r, ki] + x[i, ko * lanes + ki] * T.Cast(
+                                acc[r, ki] = acc[r, ki] + x[0, ko * lanes + ki] * T.Cast(
                                     f32, W[T.min(no * R + r, N - 1), ko * lanes + ki])
                     for r in T.unroll(R):
-                        y[i, T.min(no * R + r, N - 1)] = T.float32(0)
+                        y[0, T.min(no * R + r, N - 1)] = T.float32(0)
                         for ki in T.unroll(lanes):
-                            y[i, T.min(no * R + r, N - 1)] = y[i, T.min(no * R + r, N - 1)] + acc[r, ki]
+                            y[0, T.min(no * R + r, N - 1)] = y[0, T.min(no * R + r, N - 1)] + acc[r, ki]
+                else:
+                    # prefill: MI activation rows x R weight rows per step, so each load feeds several
+                    # FMAs; the last tile clamps its row index (recomputes and rewrites equal values)
+                    for io in range((m + MI - 1) // MI):
+                        for ii in T.unroll(MI):
+                            for r in T.unroll(R):
+                                for ki in T.vectorized(lanes):
+                                    tile[ii, r, ki] = T.float32(0)
+                        for ko in range(KO):
+                            for ii in T.unroll(MI):
+                                for r in T.unroll(R):
+                                    for ki in T.vectorized(lanes):
+                                        tile[ii, r, ki] = tile[ii, r, ki] + x[
+                                            T.min(io * MI + ii, m - 1), ko * lanes + ki] * T.Cast(
+                                            f32, W[T.min(no * R + r, N - 1), ko * lanes + ki])
+                        for ii in T.unroll(MI):
+                            for r in T.unroll(R):
+                                y[T.min(io * MI + ii, m - 1), T.min(no * R + r, N - 1)] = T.float32(0)
+                                for ki in T.unroll(lanes):
+                                    y[T.min(io * MI + ii, m - 1), T.min(no * R + r, N - 1)] = y[
+                                        T.min(io * MI + ii, m - 1), T.min(no * R + r, N - 1)] + tile[ii, r, ki]
 
     return dense_linear
 
@@ -167,6 +192,7 @@ def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
     mask = (1 << bits) - 1
     f32, sdt = "float32", fmt.dtype
     wpg = gs // epu  # words per group
+    G = -(-W // wpg)  # groups that hold elements < K
 
     @T.prim_func(private=True, s_tir=True)
     def group_linear_nk(var_x: T.handle, var_qw: T.handle, var_qs: T.handle, var_y: T.handle):
@@ -193,11 +219,17 @@ def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
                 with T.sblock("group_linear_nk"):
                     row = T.sblock_alloc_buffer((R, epu, W), f32, scope="local")
                     sw = T.sblock_alloc_buffer((R, W), f32, scope="local")
+                    sg = T.sblock_alloc_buffer((R, G), f32, scope="local")
                     acc = T.sblock_alloc_buffer((R, lanes), f32, scope="local")
                     part = T.sblock_alloc_buffer((R, lanes), f32, scope="local")
+                    tile = T.sblock_alloc_buffer((MI, R, lanes), f32, scope="local")
+                    # float16 scales: convert each group's scale once, then expand per word in float32
+                    # (converting per word made q4f16 decode ~60% slower than q4f32)
                     for r in T.unroll(R):
+                        for g in range(G):
+                            sg[r, g] = T.Cast(f32, qs[T.min(no * R + r, N - 1), g])
                         for w in range(W):
-                            sw[r, w] = T.Cast(f32, qs[T.min(no * R + r, N - 1), w // wpg])
+                            sw[r, w] = sg[r, w // wpg]
                     if m == 1:
                         # decode: unpack straight into the dot product, scale once per word
                         for r in T.unroll(R):
@@ -231,19 +263,26 @@ def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
                                         row[r, e, wo * lanes + wi] = (T.Cast(f32, T.bitwise_and(T.shift_right(
                                             qw[T.min(no * R + r, N - 1), wo * lanes + wi], T.uint32(e * bits)),
                                             T.uint32(mask))) - T.float32(mi)) * sw[r, wo * lanes + wi]
-                        for i in range(m):
-                            for r in T.unroll(R):
-                                for wi in T.vectorized(lanes):
-                                    acc[r, wi] = T.float32(0)
+                        # MI activation rows x R weight rows per step (as the dense kernel)
+                        for io in range((m + MI - 1) // MI):
+                            for ii in T.unroll(MI):
+                                for r in T.unroll(R):
+                                    for wi in T.vectorized(lanes):
+                                        tile[ii, r, wi] = T.float32(0)
                             for e in range(epu):
                                 for wo in range(WO):
-                                    for r in T.unroll(R):
-                                        for wi in T.vectorized(lanes):
-                                            acc[r, wi] = acc[r, wi] + xp[i, e, wo * lanes + wi] * row[r, e, wo * lanes + wi]
-                            for r in T.unroll(R):
-                                y[i, T.min(no * R + r, N - 1)] = T.float32(0)
-                                for wi in T.unroll(lanes):
-                                    y[i, T.min(no * R + r, N - 1)] = y[i, T.min(no * R + r, N - 1)] + acc[r, wi]
+                                    for ii in T.unroll(MI):
+                                        for r in T.unroll(R):
+                                            for wi in T.vectorized(lanes):
+                                                tile[ii, r, wi] = tile[ii, r, wi] + xp[
+                                                    T.min(io * MI + ii, m - 1), e, wo * lanes + wi] * row[
+                                                    r, e, wo * lanes + wi]
+                            for ii in T.unroll(MI):
+                                for r in T.unroll(R):
+                                    y[T.min(io * MI + ii, m - 1), T.min(no * R + r, N - 1)] = T.float32(0)
+                                    for wi in T.unroll(lanes):
+                                        y[T.min(io * MI + ii, m - 1), T.min(no * R + r, N - 1)] = y[
+                                            T.min(io * MI + ii, m - 1), T.min(no * R + r, N - 1)] + tile[ii, r, wi]
 
     return group_linear_nk
 
