@@ -103,7 +103,10 @@ def show(target: str = typer.Argument(..., help="registry name or artifact direc
         lines.append(f"  base          {lineage['base'].get('path') or lineage['base'].get('name')}")
     if lineage.get("eval"):
         ev = lineage["eval"]
-        lines.append(f"  eval          KL {ev.get('mean_kl')}, top-1 {ev.get('top1_agreement')}")
+        lines.append(f"  eval          mean KL {ev.get('mean_kl', float('nan')):.4g}, top-1 "
+                     f"{ev.get('top1_agreement', float('nan')):.3f}, perplexity "
+                     f"{ev.get('perplexity_reference', float('nan')):.2f} -> "
+                     f"{ev.get('perplexity_artifact', float('nan')):.2f} (reference -> artifact)")
     for line in lines:
         stderr.print(line)
 
