@@ -143,6 +143,14 @@ def _eval_lines(ev: dict[str, Any]) -> list[str]:
     return out
 
 
+def _scales_note(lineage: dict) -> str:
+    scales = (lineage.get("quantization_options") or {}).get("scales", "mlc")
+    if scales == "mlc":
+        return ", byte-identical with `mlc_llm convert_weight`"
+    return (f", per-group scales chosen by personalize (`{scales}`) in MLC's exact format: any MLC runtime "
+            "and library of this quantization runs it, but the bytes differ from `mlc_llm convert_weight`")
+
+
 def _vram_bytes(chat_config: dict, artifact_dir) -> int | None:
     """The same estimate `personalize share` prints (weights + KV cache + activations)."""
     if artifact_dir is None or not (Path(artifact_dir) / "tensor-cache.json").is_file():
@@ -178,7 +186,7 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
             "already-compiled model library of the base architecture: no recompilation.", "",
             "## Lineage", "", *_lineage_lines(lineage), "",
             "## Format", "",
-            f"- Quantization: `{quantization}`",
+            f"- Quantization: `{quantization}`" + _scales_note(lineage),
             f"- Model type: `{model_type}`; vocabulary {chat_config.get('vocab_size', '?')}, "
             f"context window {chat_config.get('context_window_size', '?')}",
             f"- Conversation template: `{conv.get('name', '?')}`",

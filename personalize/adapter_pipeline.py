@@ -196,7 +196,7 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     reuse = make_reuse(base_artifact, base_lineage, plan, touched)
 
     if output is None:
-        name = check_name(name or default_name(adapter_dir, quantization))
+        name = check_name(name or default_name(adapter_dir, quantization, scales))
         destination = registry.path(name)
     else:
         destination = Path(output)

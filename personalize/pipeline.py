@@ -274,7 +274,7 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
     model = open_model_dir(Path(source))
     plan = plan_conversion(model, quantization, scales=scales)
     if output is None:
-        name = check_name(name or default_name(model.path, quantization))
+        name = check_name(name or default_name(model.path, quantization, scales))
         destination = registry.path(name)
     else:
         destination = Path(output)
@@ -363,10 +363,10 @@ def finalize_artifact(out_dir: Path, lineage: dict, chat_config: dict, shard_has
     write_lineage(out_dir, lineage)
 
 
-def default_name(source: Path, quantization: str) -> str:
+def default_name(source: Path, quantization: str, scales: str = "mlc") -> str:
     stem = Path(source).resolve().name or "model"
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.") or "model"
-    return f"{safe}-{quantization}"
+    return f"{safe}-{quantization}" + ("" if scales == "mlc" else f"-{scales}")
 
 
 def no_progress():

@@ -229,6 +229,21 @@ def test_q4f32_logits_match_transformers_on_dequantized_weights(fixture, request
     assert rel_err(got, hf_logits(src, IDS)) > 1e-3  # the 4-bit error is really there
 
 
+def test_range_scales_use_code_15_and_the_library_decodes_it(home, tiny_llama, tmp_path):
+    """`--scales range` writes code 15 (+8 * scale), outside what MLC's converter emits but inside the
+    4-bit field every MLC decoder reads: the library must compute with exactly that value."""
+    from personalize.pipeline import add_model
+
+    art = add_model(tiny_llama, quantization="q4f32_1", output=tmp_path / "range", scales="range").path
+    tensors = read_artifact_tensors(art)
+    codes = np.concatenate([((t[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 15).ravel()
+                            for n, t in tensors.items() if n.endswith("q_weight")])
+    assert (codes == 15).any()
+    hf_config = json.loads((tiny_llama / "config.json").read_text())
+    ref = hf_logits(tiny_llama, IDS, hf_state_from_artifact(art, hf_config))
+    assert rel_err(load(art).logits(IDS), ref) < 1e-4
+
+
 def test_runtime_loads_without_compiler(artifacts, tiny_llama, tmp_path):
     """TVM_USE_RUNTIME_LIB=1: the library runs with only libtvm_runtime (as on a phone or the GPU box)."""
     import subprocess

@@ -31,9 +31,10 @@ def add(
     force: bool = typer.Option(False, "--force", help="replace an existing artifact of the same name"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the equivalence gate"),
     device: str = typer.Option("cpu", "--device", help="device for the equivalence gate: cpu or cuda"),
-    scales: str = typer.Option("mlc", "--scales", help="per-group scales: mlc (bit-exact with MLC's "
-                               "converter), range (no clipping, uses the top code; lower error) or mse "
-                               "(clips extremes for the least squared error); same format and library"),
+    scales: str = typer.Option("mlc", "--scales", help="per-group scales, same format and library: mlc "
+                               "(bit-exact with MLC's converter), range (also uses the top 4-bit code: measured "
+                               "lower KL and perplexity on SmolLM2), mse (experimental: least squared weight "
+                               "error, measured worse on SmolLM2)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
@@ -46,7 +47,9 @@ def add(
                             evaluate=not no_eval, device=device, progress=advance, progress_total=set_total,
                             log=None if json_out else stderr.print, scales=scales)
     doc = {"name": result.name, "path": str(result.path), "library_key": result.lineage["library_key"],
-           "quantization": result.lineage["quantization"], "timings": result.lineage.get("timings"),
+           "quantization": result.lineage["quantization"],
+           "quantization_options": result.lineage.get("quantization_options"),
+           "timings": result.lineage.get("timings"),
            "eval": result.lineage.get("eval")}
     if json_out:
         print_json(doc)
