@@ -22,10 +22,11 @@ from ingest.merge import merge_tensor
 from ingest.source import ModelDir, TOKENIZER_FILES, config_sha256, open_model_dir, read_json
 from quantize import get_scheme, library_params
 from quantize.spec import SourceParam
-from registry.store import Registry, check_name, is_artifact_dir, staged_directory
+from registry.store import Registry, is_artifact_dir, staged_directory
 
-from .pipeline import (AddResult, ConversionPlan, StageTimer, build_lineage, default_name, finalize_artifact,
-                       plan_conversion, quantization_options, side_process, write_chat_files, write_weights)
+from .evaluate import make_gate
+from .pipeline import (AddResult, ConversionPlan, StageTimer, build_lineage, gate_and_finalize, plan_conversion,
+                       quantization_options, resolve_destination, side_process, write_chat_files, write_weights)
 
 # Config fields that must agree between the adapter's recorded base and the base given.
 IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -195,11 +196,7 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
         base_artifact = None  # a resized vocab changes the embedding/head: nothing safe to copy blindly
     reuse = make_reuse(base_artifact, base_lineage, plan, touched)
 
-    if output is None:
-        name = check_name(name or default_name(adapter_dir, quantization, scales))
-        destination = registry.path(name)
-    else:
-        destination = Path(output)
+    name, destination = resolve_destination(registry, name, output, adapter_dir, quantization, scales)
     if progress_total:
         progress_total(plan.source_bytes)
     timer = StageTimer()
@@ -226,16 +223,9 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
                            "reused_params": weights["reused_params"]}
         if recorded is not None:
             lineage["base"]["recorded_base_check"] = recorded
-        lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
-        if evaluate:
-            from .evaluate import make_gate
-
-            gate = make_gate(reference_dir=base_model.path, adapter_dir=adapter_dir, device=device, log=log)
-            t_eval = time.perf_counter()
-            lineage["eval"] = gate(tmp, lineage)
-            lineage["timings"]["eval"] = round(time.perf_counter() - t_eval, 4)
-        lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
-        finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
+        gate = make_gate(reference_dir=base_model.path, adapter_dir=adapter_dir, device=device, log=log) \
+            if evaluate else None
+        gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
     return AddResult(name if output is None else None, destination, lineage)
 
 

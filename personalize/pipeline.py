@@ -145,14 +145,7 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
         outputs = reuse(param) if reuse is not None else None
         if outputs is not None:
             reused += 1
-            with timer.time("write"):
-                for name, array in outputs:
-                    writer.add(name, array)
-                    out_bytes += array.nbytes
-            if progress:
-                progress(sum(infos[s].nbytes for s in param.sources), param.name)
-            continue
-        if len(param.sources) == 1 and infos[param.sources[0]].nbytes > ROW_CHUNK_BYTES \
+        elif len(param.sources) == 1 and infos[param.sources[0]].nbytes > ROW_CHUNK_BYTES \
                 and (merge is None or (merge_targets is not None and param.sources[0] not in merge_targets)):
             outputs = quantize_in_row_blocks(plan, param, scheme, timer, tensor_digests)
         else:
@@ -273,11 +266,7 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
     registry = registry or Registry()
     model = open_model_dir(Path(source))
     plan = plan_conversion(model, quantization, scales=scales)
-    if output is None:
-        name = check_name(name or default_name(model.path, quantization, scales))
-        destination = registry.path(name)
-    else:
-        destination = Path(output)
+    name, destination = resolve_destination(registry, name, output, model.path, quantization, scales)
     if progress_total:
         progress_total(plan.source_bytes)
     timer = StageTimer()
@@ -292,14 +281,29 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
         lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
                                 source_record=source_record)
         lineage["source"]["content_sha256"] = weights["source_content_sha256"]
-        lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
-        if gate is not None:  # the equivalence gate runs on the staged artifact: a failure writes nothing
-            t_eval = time.perf_counter()
-            lineage["eval"] = gate(tmp, lineage)
-            lineage["timings"]["eval"] = round(time.perf_counter() - t_eval, 4)
-        lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
-        finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
+        gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
     return AddResult(name if output is None else None, destination, lineage)
+
+
+def resolve_destination(registry: Registry, name: str | None, output: Path | None, source: Path,
+                        quantization: str, scales: str) -> tuple[str | None, Path]:
+    """(registry name, directory): --output wins; else the registry under --name or a default name."""
+    if output is not None:
+        return name, Path(output)
+    name = check_name(name or default_name(source, quantization, scales))
+    return name, registry.path(name)
+
+
+def gate_and_finalize(tmp: Path, lineage: dict, chat_config: dict, weights: dict, timer: StageTimer,
+                      t_start: float, gate: Callable[[Path, dict], dict | None] | None) -> None:
+    """Timings, the equivalence gate on the staged artifact (a failure writes nothing), card, hashes."""
+    lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
+    if gate is not None:
+        t_eval = time.perf_counter()
+        lineage["eval"] = gate(tmp, lineage)
+        lineage["timings"]["eval"] = round(time.perf_counter() - t_eval, 4)
+    lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
+    finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
 
 
 def side_process() -> ThreadPoolExecutor:
