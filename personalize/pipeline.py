@@ -11,10 +11,10 @@ import hashlib
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -42,17 +42,13 @@ class StageTimer:
     seconds: dict[str, float] = field(default_factory=lambda: {"read": 0.0, "merge": 0.0, "quantize": 0.0,
                                                                "write": 0.0})
 
-    def time(self, stage: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.seconds[stage] += time.perf_counter() - self.t0
-
-        return _Span()
+    @contextmanager
+    def time(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
 
 
 @dataclass
@@ -65,7 +61,7 @@ class ConversionPlan:
     quantization: str
     params: list[SourceParam]
     order: list[SourceParam]
-    scales: str = "mlc"  # per-group scale choice: "mlc" (bit-exact) or "mse" (quantize/search.py)
+    scales: str = "mlc"  # per-group scales: "mlc" (bit-exact) or a searched mode (quantize/search.py)
 
     @property
     def library_key(self) -> str:
@@ -371,7 +367,3 @@ def default_name(source: Path, quantization: str, scales: str = "mlc") -> str:
     stem = Path(source).resolve().name or "model"
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.") or "model"
     return f"{safe}-{quantization}" + ("" if scales == "mlc" else f"-{scales}")
-
-
-def no_progress():
-    return nullcontext()
