@@ -11,8 +11,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
-
 
 from artifacts.chat_config import build_chat_config
 from artifacts.tensor_cache import read_tensor_cache
@@ -33,14 +33,14 @@ IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden
                    "num_key_value_heads", "vocab_size", "tie_word_embeddings")
 
 
+@dataclass(frozen=True)
 class BaseResolution:
     """Where the base lives: its HF dir, and (optionally) its artifact in the registry."""
 
-    def __init__(self, model_dir: Path, spec: str, artifact: Path | None = None, revision: str | None = None):
-        self.model_dir = model_dir
-        self.spec = spec
-        self.artifact = artifact
-        self.revision = revision
+    model_dir: Path
+    spec: str
+    artifact: Path | None = None
+    revision: str | None = None
 
 
 def resolve_base(spec: str, registry: Registry, adapter_path: Path) -> BaseResolution:

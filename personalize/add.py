@@ -7,7 +7,7 @@ from typing import Callable
 
 from ingest.source import detect_kind
 
-from .pipeline import DEFAULT_QUANTIZATION, AddResult, add_model
+from .pipeline import DEFAULT_QUANTIZATION, AddResult, add_model, default_name
 
 HF_SCHEME = "hf://"
 
@@ -26,7 +26,7 @@ def add_source(source: str, *, quantization: str = DEFAULT_QUANTIZATION, name: s
         source_record = {"hub": source[len(HF_SCHEME):].split("@")[0], "revision": revision}
         path = Path(local_dir)
         if name is None and output is None:
-            name = f"{source_record['hub'].split('/')[-1]}-{quantization}"
+            name = default_name(Path(source_record["hub"].split("/")[-1]), quantization, scales)
     else:
         path = Path(source).expanduser()
     kind = detect_kind(path)
