@@ -34,6 +34,8 @@ import ml_dtypes
 import numpy as np
 import torch
 
+from quantize.schemes import codes_per_word, num_groups, num_words, zero_point
+
 CHUNK_ELEMENTS = 1 << 19  # per chunk of rows; a few MiB of temporaries per worker, cache-friendly
 WORKERS = 0  # chunk workers; 0 = torch.get_num_threads()
 
@@ -110,15 +112,15 @@ class _Plan:
 
     @property
     def epu(self) -> int:
-        return 32 // self.bits
+        return codes_per_word(self.bits)
 
     @property
     def max_int(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return zero_point(self.bits)
 
     @property
     def groups(self) -> int:
-        return -(-self.k // self.group_size)
+        return num_groups(self.k, self.group_size)
 
     @property
     def k_pad(self) -> int:
@@ -126,7 +128,7 @@ class _Plan:
 
     @property
     def words(self) -> int:
-        return self.k_pad // self.epu
+        return num_words(self.k, self.bits, self.group_size)
 
     @property
     def work_dtype(self) -> torch.dtype:

@@ -17,6 +17,27 @@ ModelDtype = Literal["float16", "bfloat16", "float32"]
 Layout = Literal["NK", "KN"]
 
 
+# The storage geometry of group quantization, defined once (the quantizer, the search and the
+# library's kernels all derive their shapes and bit positions from these).
+def codes_per_word(bits: int) -> int:
+    """Codes per uint32 word: 8 for int4, 10 for int3 (its two top bits stay 0)."""
+    return 32 // bits
+
+
+def zero_point(bits: int) -> int:
+    """max_int, the fixed zero point: MLC's codes run from 0 to 2*max_int."""
+    return (1 << (bits - 1)) - 1
+
+
+def num_groups(k: int, group_size: int) -> int:
+    return -(-k // group_size)
+
+
+def num_words(k: int, bits: int, group_size: int) -> int:
+    """Words per row of q_weight for a last axis of length k (tail lanes are zero bits)."""
+    return num_groups(k, group_size) * group_size // codes_per_word(bits)
+
+
 @dataclass(frozen=True)
 class Scheme:
     """One quantization scheme. For no-quant schemes bits/group_size are 0.
@@ -54,24 +75,21 @@ class Scheme:
 
     @property
     def elems_per_storage(self) -> int:
-        """Codes per uint32 word: 8 for int4, 10 for int3 (its two top bits stay 0)."""
-        return 32 // self.bits
+        return codes_per_word(self.bits)
 
     @property
     def max_int(self) -> int:
-        """The fixed zero point: codes run from 0 to 2*max_int."""
-        return (1 << (self.bits - 1)) - 1
+        return zero_point(self.bits)
 
     @property
     def storage_per_group(self) -> int:
         return self.group_size // self.elems_per_storage
 
     def num_groups(self, k: int) -> int:
-        return -(-k // self.group_size)
+        return num_groups(k, self.group_size)
 
     def num_storage(self, k: int) -> int:
-        """Words per row of q_weight for a last axis of length k (tail lanes are zero bits)."""
-        return self.num_groups(k) * self.storage_per_group
+        return num_words(k, self.bits, self.group_size)
 
     def quantizes(self, role: str) -> bool:
         """Whether a parameter of this role becomes q_weight/q_scale under this scheme."""

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from quantize.group import _NUMPY, _TORCH, NonFiniteRows, _run_chunks, as_torch
+from quantize.schemes import codes_per_word, num_groups, zero_point
 
 CHUNK_ELEMENTS = 1 << 17  # per chunk: ~0.5 MiB fp32 buffers, L2-resident
 # Candidate scales are absmax/max_int * f: COARSE_STEPS factors from LOWEST_FACTOR up to (not
@@ -104,10 +105,10 @@ class _Spec:
 
     def __init__(self, n_rows: int, k: int, gs: int, bits: int, model_dtype: torch.dtype, mode: str):
         self.k, self.gs, self.bits, self.model_dtype, self.mode = k, gs, bits, model_dtype, mode
-        self.groups = -(-k // gs)
+        self.groups = num_groups(k, gs)
         self.k_pad = self.groups * gs
-        self.epu = 32 // bits
-        self.max_int = (1 << (bits - 1)) - 1
+        self.epu = codes_per_word(bits)
+        self.max_int = zero_point(bits)
         self.chunk_rows = max(1, min(n_rows, CHUNK_ELEMENTS // self.k_pad))
 
 

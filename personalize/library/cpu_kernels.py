@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
+from quantize.schemes import codes_per_word, num_groups, num_words, zero_point
+
 
 @dataclass(frozen=True)
 class WeightFormat:
@@ -30,18 +32,17 @@ class WeightFormat:
 
     @property
     def epu(self) -> int:
-        return 32 // self.bits
+        return codes_per_word(self.bits)
 
     @property
     def max_int(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return zero_point(self.bits)
 
     def words(self, k: int) -> int:
-        groups = -(-k // self.group_size)
-        return groups * self.group_size // self.epu
+        return num_words(k, self.bits, self.group_size)
 
     def groups(self, k: int) -> int:
-        return -(-k // self.group_size)
+        return num_groups(k, self.group_size)
 
 
 def _lanes(k: int) -> int:
