@@ -46,6 +46,7 @@ class WeightFormat:
 
 
 def _lanes(k: int) -> int:
+    """The widest vector width (16, 8, 4, 2, 1) that divides a loop of length k."""
     for lanes in (16, 8, 4, 2):
         if k % lanes == 0:
             return lanes
@@ -178,13 +179,6 @@ def _group_kernel(fmt: WeightFormat, K: int, R: int):
     return group_linear_kn
 
 
-def _word_lanes(words: int) -> int:
-    for lanes in (16, 8, 4, 2):
-        if words % lanes == 0:
-            return lanes
-    return 1
-
-
 def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
     """NK layout, vectorized across words: element e of word w goes to slot [e, w] of a permuted row.
 
@@ -195,7 +189,7 @@ def _group_kernel_nk(fmt: WeightFormat, K: int, R: int):
     epu, bits, gs, mi = fmt.epu, fmt.bits, fmt.group_size, fmt.max_int
     words, groups = fmt.words(K), fmt.groups(K)
     W = -(-K // epu)  # words that hold elements < K
-    lanes = _word_lanes(W)
+    lanes = _lanes(W)
     WO = W // lanes
     mask = (1 << bits) - 1
     f32, sdt = "float32", fmt.dtype
