@@ -317,13 +317,24 @@ def iter_tensors(artifact_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
                 yield rec["name"], _read_record(artifact_dir, shard, rec, handle)
 
 
+class TensorCacheIndex:
+    """tensor-cache.json parsed once, for reading many tensors by name."""
+
+    def __init__(self, artifact_dir: Path):
+        self.artifact_dir = Path(artifact_dir)
+        doc = read_tensor_cache(self.artifact_dir)
+        self.records = {rec["name"]: (shard, rec) for shard in doc["records"] for rec in shard["records"]}
+
+    def load(self, name: str) -> np.ndarray:
+        """One tensor, decoded."""
+        if name not in self.records:
+            raise TensorCacheError(f"no tensor named {name!r} in the tensor cache",
+                                   path=self.artifact_dir / TENSOR_CACHE_JSON)
+        shard, rec = self.records[name]
+        with open(self.artifact_dir / shard["dataPath"], "rb") as handle:
+            return _read_record(self.artifact_dir, shard, rec, handle)
+
+
 def load_tensor(artifact_dir: Path, name: str) -> np.ndarray:
     """One tensor by name, decoded."""
-    artifact_dir = Path(artifact_dir)
-    doc = read_tensor_cache(artifact_dir)
-    for shard in doc["records"]:
-        for rec in shard["records"]:
-            if rec["name"] == name:
-                with open(artifact_dir / shard["dataPath"], "rb") as handle:
-                    return _read_record(artifact_dir, shard, rec, handle)
-    raise TensorCacheError(f"no tensor named {name!r} in the tensor cache", path=artifact_dir / TENSOR_CACHE_JSON)
+    return TensorCacheIndex(artifact_dir).load(name)

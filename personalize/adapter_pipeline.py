@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from artifacts.chat_config import build_chat_config
-from artifacts.tensor_cache import read_tensor_cache
+from artifacts.tensor_cache import TensorCacheIndex
 from ingest.adapter import Adapter, load_adapter
 from ingest.errors import IngestError
 from ingest.merge import merge_tensor
@@ -130,23 +130,20 @@ def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: Conv
     mode, same base)."""
     if base_artifact is None or quantization_options(base_lineage or {}) != {"scales": plan.scales}:
         return None
-    from artifacts.tensor_cache import load_tensor
-
     scheme = get_scheme(plan.quantization)
-    expected = {p.name: p for p in library_params(plan.params, scheme)}
-    present = {r["name"] for shard in read_tensor_cache(base_artifact)["records"] for r in shard["records"]}
+    cache = TensorCacheIndex(base_artifact)
 
     def reuse(param: SourceParam):
         if touched.intersection(param.sources):
             return None
-        names = [n for n in library_params([param], scheme)]
-        if not all(n.name in present for n in names):
+        wanted = library_params([param], scheme)
+        if not all(lib.name in cache.records for lib in wanted):
             return None
         out = []
-        for lib in names:
-            array = load_tensor(base_artifact, lib.name)
+        for lib in wanted:
+            array = cache.load(lib.name)
             concrete = tuple(int(d) if isinstance(d, int) else s for d, s in zip(lib.shape, array.shape))
-            if tuple(array.shape) != concrete or str(array.dtype) != expected[lib.name].dtype:
+            if tuple(array.shape) != concrete or str(array.dtype) != lib.dtype:
                 return None
             out.append((lib.name, array))
         return out
