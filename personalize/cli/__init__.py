@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 
 # Before torch loads: OpenMP threads that busy-wait on a loaded core make torch ~10x slower.
@@ -19,21 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module registers its commands on `app` (or adds a sub-typer). Missing modules are skipped
-# only while the project is being assembled; an import error inside a module is raised.
-COMMAND_MODULES = ("convert", "library", "run", "evaluate", "publish")
-
-
-def _register() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-
-
-_register()
+# Each module registers its commands on `app` (or adds a sub-typer) when imported.
+from . import convert, evaluate, library, publish, run  # noqa: E402,F401
 
 
 def main() -> None:
