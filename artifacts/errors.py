@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from personalize_errors import UserError
 
 
-class ArtifactError(Exception):
+class ArtifactError(UserError):
     """An artifact file cannot be written or read as MLC expects."""
-
-    def __init__(self, message: str, path: str | Path | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
-        self.hint = hint
 
 
 class TensorCacheError(ArtifactError):

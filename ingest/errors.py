@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
+from personalize_errors import UserError
 
 
-class IngestError(ValueError):
-    def __init__(self, message: str, path: str | os.PathLike | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
-        self.hint = hint
+class IngestError(UserError):
+    """A source (model, adapter, weights) cannot be read as given."""

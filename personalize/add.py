@@ -20,7 +20,7 @@ def add_source(source: str, *, quantization: str = DEFAULT_QUANTIZATION, name: s
                log: Callable[[str], None] | None = None, scales: str = "mlc") -> AddResult:
     source_record: dict = {}
     if source.startswith(HF_SCHEME):
-        from registry.hub import download_source
+        from publish.hub import download_source
 
         local_dir, revision = download_source(source)
         source_record = {"hub": source[len(HF_SCHEME):].split("@")[0], "revision": revision}

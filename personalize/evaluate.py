@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from personalize_errors import UserError
+
 GATE_PROMPTS = (
     "What is the capital of France?",
     "Write a haiku about the sea.",
@@ -29,11 +31,8 @@ MAX_GATE_TOKENS = 256
 Q0_LIMITS = {"q0f32": (2e-3, 0.97), "q0bf16": (2e-2, 0.93), "q0f16": (2e-2, 0.93)}
 
 
-class EquivalenceError(ValueError):
-    def __init__(self, message: str, path: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = path
-        self.hint = hint
+class EquivalenceError(UserError):
+    """The artifact does not behave like the PyTorch model (the equivalence gate failed)."""
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+from personalize_errors import UserError
 
-class QuantizeError(ValueError):
+
+class QuantizeError(UserError):
     """A parameter or a scheme cannot be quantized as asked.
 
     `path` is the file the problem comes from (None when it is not about a file), `hint` says
     what the user can do about it.
     """
-
-    def __init__(self, message: str, path: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = path
-        self.hint = hint
 
 
 class NonFiniteWeightError(QuantizeError):

@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from personalize_errors import UserError
+
 ARTIFACT_MARKER = "mlc-chat-config.json"
 # A write into the staging dir failed for lack of room or rights: the user's problem, not a bug.
 WRITE_FAILURES = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class RegistryError(ValueError):
-    def __init__(self, message: str, path: str | os.PathLike | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
-        self.hint = hint
+class RegistryError(UserError):
+    """The local registry refuses a name or an entry."""
 
 
 def default_home() -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from registry import hub as hubmod
-from registry.share import share_records
+from publish import hub as hubmod
+from publish.share import share_records
 from tests.hub_stub import HubStub, hash_tree
 
 TOKEN = "hf_e2eTOKEN"

@@ -1,4 +1,4 @@
-"""registry.hub in-process: `hf://` sources for `add`, the push plan, the after-push check, card re-rendering."""
+"""publish.hub in-process: `hf://` sources for `add`, the push plan, the after-push check, card re-rendering."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from registry import hub as hubmod
+from publish import hub as hubmod
 from tests.hub_stub import HubStub, hash_tree, make_fake_artifact
 
 TOKEN = "hf_pullTOKEN"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from registry import hub as hubmod
-from registry.serve import ArtifactIndex, make_server, parse_range
+from publish import hub as hubmod
+from publish.serve import ArtifactIndex, make_server, parse_range
 from registry.store import Registry
 from tests.hub_stub import make_fake_artifact
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from registry import hub as hubmod
-from registry.share import (ShareError, estimate_vram, parameter_bytes, share_records, system_lib_name,
+from publish import hub as hubmod
+from publish.share import (ShareError, estimate_vram, parameter_bytes, share_records, system_lib_name,
                             webgpu_wasm_name)
 from tests.conftest import run_cli
 from tests.hub_stub import make_fake_artifact

@@ -11,16 +11,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from personalize_errors import UserError
 from quantize.spec import SourceParam
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(UserError):
     """The model's config cannot be expressed by a supported architecture."""
-
-    def __init__(self, message: str, path: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = path
-        self.hint = hint
 
 
 @dataclass(frozen=True)

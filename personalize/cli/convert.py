@@ -120,7 +120,7 @@ def rm(name: str = typer.Argument(..., help="registry name")) -> None:
     """Remove an artifact from the registry."""
     registry = Registry()
     path = registry.remove(name)
-    from registry.hub import forget_push
+    from publish.hub import forget_push
 
     forget_push(registry.home, name)  # a later artifact of the same name must not inherit the push record
     stderr.print(f"removed {name} ({path})")

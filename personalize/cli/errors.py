@@ -1,7 +1,7 @@
-"""Turn typed errors into one clear line and exit code 2; the only place that does so.
+"""Turn user errors into one clear line and exit code 2; the only place that does so.
 
-Convention across packages: a user-facing error is an exception with `path` (the file or
-directory at fault, may be None) and `hint` (what to do, may be None) attributes.
+Every package raises `personalize_errors.UserError` (or a domain subclass) for what the user can
+fix; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,23 +12,9 @@ from typing import Any, Callable
 
 import typer
 
+from personalize_errors import UserError
+
 EXIT_USER_ERROR = 2
-
-
-def is_user_error(exc: BaseException) -> bool:
-    return hasattr(exc, "hint") and hasattr(exc, "path")
-
-
-def one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    path = getattr(exc, "path", None)
-    hint = getattr(exc, "hint", None)
-    parts = [f"error: {msg}"]
-    if path and str(path) not in msg:
-        parts[0] += f" ({path})"
-    if hint:
-        parts.append(hint)
-    return " — ".join(parts)
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
@@ -47,14 +33,14 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except KeyboardInterrupt:
             fail("error: interrupted — nothing was written; run the command again")
-        except BaseException as exc:  # noqa: BLE001 - the CLI edge decides what the user sees
-            if is_user_error(exc):
-                fail(one_line(exc))
-            if isinstance(exc, OSError) and exc.errno is not None:
-                where = exc.filename or ""
-                fail(f"error: {exc.strerror}: {where} — check that the location exists, is writable "
-                     "and has free space")
-            raise
+        except UserError as exc:
+            fail(exc.one_line())
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            where = exc.filename or ""
+            fail(f"error: {exc.strerror}: {where} — check that the location exists, is writable "
+                 "and has free space")
 
     return wrapper
 

@@ -32,7 +32,7 @@ def push(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Upload an artifact to the Hugging Face Hub in one commit (only what changed), then check it."""
-    from registry.hub import push_artifact, record_push
+    from publish.hub import push_artifact, record_push
 
     if json_out:
         from huggingface_hub.utils import disable_progress_bars
@@ -70,8 +70,8 @@ def share(
     """Print what each runtime takes: mlc_llm command, WebLLM ModelRecord, iOS/Android package entry."""
     import json
 
-    from registry.hub import DEFAULT_ENDPOINT, check_repo_id, last_push
-    from registry.share import share_records
+    from publish.hub import DEFAULT_ENDPOINT, check_repo_id, last_push
+    from publish.share import share_records
 
     registry = Registry()
     path = registry.resolve(target)
@@ -113,7 +113,7 @@ def serve(
     port: int = typer.Option(8765, "--port", help="port to listen on (0 = any free port)"),
 ) -> None:
     """Serve every artifact over HTTP in the Hub's /{repo}/resolve/main/{file} layout (Range, CORS, ETag)."""
-    from registry.serve import ArtifactIndex, make_server
+    from publish.serve import ArtifactIndex, make_server
 
     registry = Registry()
     index = ArtifactIndex.from_registry(registry)

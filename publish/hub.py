@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from personalize_errors import UserError
+
 LINEAGE_FILE = "personalize.json"
 CARD_FILE = "README.md"
 CHAT_CONFIG_FILE = "mlc-chat-config.json"
@@ -39,13 +41,8 @@ SOURCE_SUFFIXES = (".json", ".jinja", ".model", ".tiktoken", ".txt", ".safetenso
 TORCH_WEIGHT_SUFFIXES = (".bin",)
 
 
-class HubError(Exception):
+class HubError(UserError):
     """A push, pull or share step failed; carries `path` (repo or file at fault) and `hint`."""
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.path = str(path) if path is not None else None
-        self.hint = hint
 
 
 class HubAuthError(HubError):
