@@ -1,0 +1,192 @@
+"""Calibrated quantization: run the model in torch on calibration text, one decoder layer at a time,
+and quantize every linear (and the embedding / tied lm_head) with quantize/calibrate.py's GPTQ.
+
+Sequential, as GPTQ does it: the inputs of layer i+1 are the outputs of the already-quantized
+layer i, so each layer compensates the error of those before it. Only one layer's activations are
+alive at a time (tokens x hidden), and each linear's H = X^T X is K x K.
+
+The results are codes and scales per HF weight name; the write loop packs them into MLC's tensors
+(`calibrated_outputs`) in place of its own rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from quantize.calibrate import Calibrated, concat_rows, gptq_quantize, output_error, pack
+from quantize.spec import SourceParam
+
+BUILTIN = "builtin"
+SEQ_LEN = 512  # tokens per calibration sequence
+MAX_TOKENS = 16384  # more calibration text is cut here (time grows linearly with it)
+# The tied embedding is also the lm_head. H of the lm_head (final hidden states) drives GPTQ; the
+# looked-up vectors have no activations, so a multiple of the identity (EMBED_DAMP x mean diag H)
+# stands for them (measured on SmolLM2: see bench/quality.py --sweep).
+EMBED_DAMP = 0.1
+RECIPE_VERSION = 1
+
+
+def builtin_text() -> str:
+    return resources.files("personalize").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+
+
+def read_calibration_text(spec: str) -> tuple[str, str]:
+    """(text, label) for `--calibrate builtin|FILE`."""
+    from ingest.errors import IngestError
+
+    if spec in ("", BUILTIN):
+        return builtin_text(), BUILTIN
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise IngestError("calibration text not found", path=str(path),
+                          hint="pass a UTF-8 text file, or `--calibrate builtin` for the text shipped with personalize")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if len(text.split()) < 50:
+        raise IngestError("calibration text is too short (fewer than 50 words)", path=str(path),
+                          hint="use a few thousand words of text like the model's use (its chat format is best)")
+    return text, path.name
+
+
+@dataclass
+class CalibrationResult:
+    """Codes/scales per HF weight name, plus what to record in the lineage."""
+
+    weights: dict[str, Calibrated]
+    recipe: dict
+    seconds: float = 0.0
+    layer_errors: list[dict] = field(default_factory=list)
+
+
+def calibration_tokens(tokenizer, text: str) -> list[list[int]]:
+    """The text tokenized once and cut into SEQ_LEN sequences (the last partial one kept if long enough)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
+    seqs = [ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)]
+    return [s for s in seqs if len(s) >= 32] or [ids]
+
+
+def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int, group_size: int,
+                    quantize_embedding: bool = True, label: str = BUILTIN,
+                    progress: Callable[[str], None] | None = None) -> CalibrationResult:
+    """Quantize a loaded transformers llama-family model (float32, modified in place) layer by layer."""
+    import torch
+
+    t0 = time.perf_counter()
+    seqs = calibration_tokens(tokenizer, text)
+    n_tokens = sum(len(s) for s in seqs)
+    say = progress or (lambda _m: None)
+    core = model.model
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    out: dict[str, Calibrated] = {}
+    errors: list[dict] = []
+
+    def quantize_linear(name: str, module, h: torch.Tensor) -> None:
+        w = module.weight.data
+        cal = gptq_quantize(w, h, model_dtype, bits, group_size)
+        deq = torch.from_numpy(cal.dequantize())
+        errors.append({"name": name, "gptq": output_error(w, deq.numpy(), h, model_dtype)})
+        module.weight.data.copy_(deq)  # the next layers see the quantized model
+        out[f"{name}.weight"] = cal
+
+    with torch.no_grad():
+        embed = core.embed_tokens
+        hidden = [embed(torch.tensor([s])) for s in seqs]
+        rotary = core.rotary_emb
+        for i, layer in enumerate(core.layers):
+            t_layer = time.perf_counter()
+            prefix = f"model.layers.{i}"
+            groups = {  # linears that share one input, and so one H
+                "attn_in": [f"{prefix}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")],
+                "attn_out": [f"{prefix}.self_attn.o_proj"],
+                "mlp_in": [f"{prefix}.mlp.{p}" for p in ("gate_proj", "up_proj")],
+                "mlp_out": [f"{prefix}.mlp.down_proj"],
+            }
+            modules = {name: model.get_submodule(name) for names in groups.values() for name in names}
+            hs: dict[str, torch.Tensor] = {}
+            hooks = []
+            for key, names in groups.items():
+                def hook(_mod, args, key=key):
+                    x = args[0].reshape(-1, args[0].shape[-1]).double()
+                    hs[key] = hs[key] + x.T @ x if key in hs else x.T @ x
+                hooks.append(modules[names[0]].register_forward_pre_hook(hook))
+            _run_layer(layer, rotary, hidden)
+            for h in hooks:
+                h.remove()
+            for key, names in groups.items():
+                h = hs[key] / n_tokens
+                for name in names:
+                    quantize_linear(name, modules[name], h)
+            hidden = _run_layer(layer, rotary, hidden)  # outputs of the quantized layer
+            say(f"layer {i + 1}/{len(core.layers)} calibrated ({time.perf_counter() - t_layer:.1f} s)")
+        if quantize_embedding:
+            final = [core.norm(x) for x in hidden]
+            xs = torch.cat([x.reshape(-1, x.shape[-1]) for x in final]).double()
+            h_head = xs.T @ xs / n_tokens
+            if tied:
+                w = embed.weight.data
+                cal = gptq_quantize(w, h_head, model_dtype, bits, group_size, damp=EMBED_DAMP)
+                out["model.embed_tokens.weight"] = cal
+                say("embedding / tied lm_head calibrated")
+            else:
+                # untied: the embedding has no input activations (plain rounding with the range
+                # search); the lm_head is a linear on the final hidden states
+                out["model.embed_tokens.weight"] = gptq_quantize(embed.weight.data, None, model_dtype, bits,
+                                                                 group_size)
+                out["lm_head.weight"] = gptq_quantize(model.lm_head.weight.data, h_head, model_dtype, bits,
+                                                      group_size)
+                say("embedding and lm_head calibrated")
+    recipe = {"method": "gptq-groupwise", "version": RECIPE_VERSION, "text": label,
+              "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "tokens": n_tokens,
+              "sequences": len(seqs), "seq_len": SEQ_LEN, "damp": 0.01, "embed_damp": EMBED_DAMP,
+              "codes": f"0..{2**bits - 1}", "order": "natural (no act-order)", "sequential": True}
+    return CalibrationResult(out, recipe, time.perf_counter() - t0, errors)
+
+
+def _run_layer(layer, rotary, hidden: list) -> list:
+    """One decoder layer on every calibration sequence (sdpa with no mask is causal)."""
+    import torch
+
+    outs = []
+    for x in hidden:
+        pos = torch.arange(x.shape[1])[None]
+        cos_sin = rotary(x, pos)
+        y = layer(x, attention_mask=None, position_ids=pos, position_embeddings=cos_sin)
+        outs.append(y[0] if isinstance(y, tuple) else y)
+    return outs
+
+
+def load_for_calibration(model_dir: Path, adapter_dir: Path | None = None):
+    """(model, tokenizer): the fine-tune in float32 with sdpa attention (adapters merged by peft)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir or model_dir))
+    return model, tokenizer
+
+
+def calibrated_outputs(result: CalibrationResult, scheme) -> Callable[[SourceParam], list | None]:
+    """The write loop's hook: a parameter's library tensors from the calibrated codes, or None
+    (not calibrated: the loop quantizes it as usual)."""
+
+    def outputs(param: SourceParam) -> list[tuple[str, np.ndarray]] | None:
+        if not scheme.quantizes(param.role) or not all(s in result.weights for s in param.sources):
+            return None
+        cal = concat_rows([result.weights[s] for s in param.sources])
+        if tuple(cal.codes.shape) != tuple(param.shape):
+            return None
+        q_weight, q_scale = pack(cal, transpose=scheme.transposes(param.role))
+        return [(f"{param.module}.q_weight", q_weight), (f"{param.module}.q_scale", q_scale)]
+
+    return outputs
