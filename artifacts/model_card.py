@@ -144,11 +144,26 @@ def _eval_lines(ev: dict[str, Any]) -> list[str]:
 
 
 def _scales_note(lineage: dict) -> str:
-    scales = (lineage.get("quantization_options") or {}).get("scales", "mlc")
+    options = lineage.get("quantization_options") or {}
+    scales = options.get("scales", "mlc")
     if scales == "mlc":
         return ", byte-identical with `mlc_llm convert_weight`"
+    cal = options.get("calibration")
+    if isinstance(cal, dict):
+        quality = cal.get("quality") or {}
+        return (f", calibrated rounding ({cal.get('method')} v{cal.get('version')}, {cal.get('tokens')} tokens of "
+                f"`{cal.get('text')}` text, sha256 {str(cal.get('text_sha256'))[:12]}; output error on that text "
+                f"{quality.get('output_error_vs_mlc_total')} x MLC's rounding) in MLC's exact format: any MLC "
+                "runtime and library of this quantization runs it, but the bytes differ from `mlc_llm convert_weight`")
     return (f", per-group scales chosen by personalize (`{scales}`) in MLC's exact format: any MLC runtime "
             "and library of this quantization runs it, but the bytes differ from `mlc_llm convert_weight`")
+
+
+def _exactness(lineage: dict) -> str:
+    scales = (lineage.get("quantization_options") or {}).get("scales", "mlc")
+    if scales == "mlc":
+        return "bit-exact with `mlc_llm convert_weight`"
+    return "in the format of `mlc_llm convert_weight` with personalize's own rounding (not byte-identical)"
 
 
 def _vram_bytes(chat_config: dict, artifact_dir) -> int | None:
@@ -182,7 +197,7 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
 
     body = [f"# {name}", "",
             f"MLC LLM weights ({quantization}) of a personalized `{model_type}` model, written by "
-            "personalize, bit-exact with `mlc_llm convert_weight`. They run on an "
+            f"personalize, {_exactness(lineage)}. They run on an "
             "already-compiled model library of the base architecture: no recompilation.", "",
             "## Lineage", "", *_lineage_lines(lineage), "",
             "## Format", "",

@@ -154,7 +154,7 @@ def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: Conv
 def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, output: Path | None,
                 base: str | None, force_base: bool, conv_template: str | None, force: bool, evaluate: bool,
                 device: str, progress=None, progress_total=None, log=None, source_record: dict | None = None,
-                registry: Registry | None = None, scales: str = "mlc") -> AddResult:
+                registry: Registry | None = None, scales: str = "mlc", calibrate: str | None = None) -> AddResult:
     t_start = time.perf_counter()
     registry = registry or Registry()
     adapter = load_adapter(adapter_dir)
@@ -192,6 +192,12 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     if new_vocab is not None:
         base_artifact = None  # a resized vocab changes the embedding/head: nothing safe to copy blindly
     reuse = make_reuse(base_artifact, base_lineage, plan, touched)
+    calibrated = None
+    if calibrate is not None:  # calibration is sequential: every layer changes, nothing is reused
+        from .calibration import calibrate_artifact
+
+        calibrated = calibrate_artifact(calibrate, plan, base_model.path, adapter_dir, scales=scales, log=log)
+        reuse, base_artifact, scales = None, None, calibrated.options["scales"]
 
     name, destination = resolve_destination(registry, name, output, adapter_dir, quantization, scales)
     if progress_total:
@@ -205,11 +211,13 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
                            conv_template=conv_template)
         weights = write_weights(plan, tmp, timer, progress,
                                 merge=lambda hf_name, arr: merge_tensor(adapter, hf_name, arr), reuse=reuse,
-                                merge_targets=touched)
+                                merge_targets=touched, precomputed=calibrated.outputs if calibrated else None)
         with timer.time("write"):
             chat_config = write_chat_files(tmp, chat.result())
         lineage = build_lineage(plan, name=name, source_kind="adapter", source_path=adapter_dir,
                                 source_record=source_record)
+        if calibrated:
+            calibrated.record(lineage, timer)
         lineage["adapter"] = {"peft_type": adapter.peft_type, "config": adapter.config,
                               "config_sha256": adapter.config_sha256,
                               "touched_tensors": len(touched), "resized_vocab": new_vocab}

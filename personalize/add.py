@@ -17,7 +17,8 @@ def add_source(source: str, *, quantization: str = DEFAULT_QUANTIZATION, name: s
                conv_template: str | None = None, force: bool = False, evaluate: bool = True,
                device: str = "cpu", progress: Callable[[int, str], None] | None = None,
                progress_total: Callable[[int], None] | None = None,
-               log: Callable[[str], None] | None = None, scales: str = "mlc") -> AddResult:
+               log: Callable[[str], None] | None = None, scales: str = "mlc",
+               calibrate: str | None = None) -> AddResult:
     source_record: dict = {}
     if source.startswith(HF_SCHEME):
         from publish.hub import download_source
@@ -36,11 +37,11 @@ def add_source(source: str, *, quantization: str = DEFAULT_QUANTIZATION, name: s
         return add_adapter(path, quantization=quantization, name=name, output=output, base=base,
                            force_base=force_base, conv_template=conv_template, force=force, evaluate=evaluate,
                            device=device, progress=progress, progress_total=progress_total, log=log,
-                           source_record=source_record, scales=scales)
+                           source_record=source_record, scales=scales, calibrate=calibrate)
     gate = _gate(evaluate, device, log, reference_dir=path, adapter_dir=None)
     return add_model(path, quantization=quantization, name=name, output=output, conv_template=conv_template,
                      force=force, progress=progress, progress_total=progress_total,
-                     source_record=source_record, gate=gate, scales=scales)
+                     source_record=source_record, gate=gate, scales=scales, calibrate=calibrate, log=log)
 
 
 def _gate(evaluate: bool, device: str, log, *, reference_dir: Path, adapter_dir: Path | None):

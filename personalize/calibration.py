@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from quantize.calibrate import Calibrated, concat_rows, gptq_quantize, output_error, pack
+from quantize.schemes import zero_point
 from quantize.spec import SourceParam
 
 BUILTIN = "builtin"
@@ -90,7 +91,9 @@ def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int,
         w = module.weight.data
         cal = gptq_quantize(w, h, model_dtype, bits, group_size)
         deq = torch.from_numpy(cal.dequantize())
-        errors.append({"name": name, "gptq": output_error(w, deq.numpy(), h, model_dtype)})
+        errors.append({"name": name, "calibrated": output_error(w, deq.numpy(), h, model_dtype),
+                       "mlc": output_error(w, mlc_dequantized(w.numpy(), model_dtype, bits, group_size), h,
+                                           model_dtype)})
         module.weight.data.copy_(deq)  # the next layers see the quantized model
         out[f"{name}.weight"] = cal
 
@@ -148,6 +151,19 @@ def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int,
     return CalibrationResult(out, recipe, time.perf_counter() - t0, errors)
 
 
+def mlc_dequantized(weight: np.ndarray, model_dtype: str, bits: int, group_size: int) -> np.ndarray:
+    """MLC's own rounding of `weight`, dequantized (the baseline each layer's error is compared to)."""
+    from quantize.group import group_quantize
+
+    q_weight, q_scale = group_quantize(weight, model_dtype, bits, group_size)
+    epu = 32 // bits
+    shifts = np.arange(epu, dtype=np.uint32) * np.uint32(bits)
+    codes = ((q_weight[:, :, None] >> shifts) & np.uint32((1 << bits) - 1)).reshape(q_weight.shape[0], -1)
+    codes = codes[:, : weight.shape[1]].astype(np.float32)
+    scales = np.repeat(q_scale.astype(np.float32), group_size, axis=1)[:, : weight.shape[1]]
+    return (codes - zero_point(bits)) * scales
+
+
 def _run_layer(layer, rotary, hidden: list) -> list:
     """One decoder layer on every calibration sequence (sdpa with no mask is causal)."""
     import torch
@@ -190,3 +206,53 @@ def calibrated_outputs(result: CalibrationResult, scheme) -> Callable[[SourcePar
         return [(f"{param.module}.q_weight", q_weight), (f"{param.module}.q_scale", q_scale)]
 
     return outputs
+
+
+@dataclass
+class CalibratedRun:
+    """What `add --calibrate` hands the write loop (`outputs`) and records in the lineage."""
+
+    result: CalibrationResult
+    outputs: Callable[[SourceParam], list | None]
+    options: dict
+
+    def record(self, lineage: dict, timer) -> None:
+        lineage["quantization_options"] = self.options
+        timer.seconds["calibrate"] = round(self.result.seconds, 4)
+
+
+def calibrate_artifact(spec: str, plan, model_dir: Path, adapter_dir: Path | None, *, scales: str = "mlc",
+                       log: Callable[[str], None] | None = None) -> CalibratedRun:
+    """Run the calibration for `add --calibrate SPEC` on the model `plan` converts."""
+    from personalize_errors import UserError
+    from quantize import get_scheme
+
+    scheme = get_scheme(plan.quantization)
+    if scales != "mlc":
+        raise UserError("--calibrate chooses its own per-group scales", hint="drop --scales, or drop --calibrate")
+    if not scheme.is_quantized:
+        raise UserError(f"{scheme.name} is not quantized: there is nothing to calibrate",
+                        hint="use a group-quantized scheme such as q4f16_1, or drop --calibrate")
+    text, label = read_calibration_text(spec)
+    say = log or (lambda _m: None)
+    say(f"calibrating {plan.quantization} on {label} (layer by layer, in torch) ...")
+    model, tokenizer = load_for_calibration(model_dir, adapter_dir)
+    n_params = sum(int(p.numel()) for p in model.parameters())
+    result = calibrate_model(model, tokenizer, text, model_dtype=scheme.model_dtype, bits=scheme.bits,
+                             group_size=scheme.group_size, quantize_embedding=scheme.quantize_embedding,
+                             label=label, progress=say)
+    del model
+    cal = sum(e["calibrated"] for e in result.layer_errors)
+    mlc = sum(e["mlc"] for e in result.layer_errors)
+    ratios = sorted(e["calibrated"] / e["mlc"] for e in result.layer_errors if e["mlc"] > 0)
+    quality = {"output_error_vs_mlc_total": round(cal / mlc, 4) if mlc else None,
+               "output_error_vs_mlc_median": round(ratios[len(ratios) // 2], 4) if ratios else None,
+               "linears": len(result.layer_errors),
+               "measured_on": "calibration text: sum over linears of ||X (W - Q)^T||^2, calibrated / MLC rounding"}
+    options = {"scales": "calibrated",
+               "calibration": {**result.recipe, "seconds": round(result.seconds, 2), "params": n_params,
+                               "seconds_per_billion_params": round(result.seconds / max(n_params, 1) * 1e9, 1),
+                               "quality": quality}}
+    say(f"calibrated in {result.seconds:.0f} s; output error on the calibration text "
+        f"{quality['output_error_vs_mlc_total']} x MLC's rounding")
+    return CalibratedRun(result, calibrated_outputs(result, scheme), options)

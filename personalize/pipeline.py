@@ -125,8 +125,11 @@ ReuseFn = Callable[[SourceParam], "list[tuple[str, np.ndarray]] | None"]
 
 def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progress: ProgressFn | None = None,
                   merge: MergeFn | None = None, reuse: ReuseFn | None = None,
-                  merge_targets: set[str] | None = None) -> dict:
+                  merge_targets: set[str] | None = None, precomputed: ReuseFn | None = None) -> dict:
     """Stream every parameter through read -> merge -> quantize -> shard writer. Returns the cache doc.
+
+    `precomputed` (calibrated quantization) gives a parameter's finished tensors in place of this
+    loop's rounding; its sources are still read for the content hash.
 
     Also hashes the source tensors as they stream by (name, shape, dtype, bytes): the content hash
     that pins a base model without a second pass over its files.
@@ -141,6 +144,10 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
         outputs = reuse(param) if reuse is not None else None
         if outputs is not None:
             reused += 1
+        elif precomputed is not None and (outputs := precomputed(param)) is not None:
+            with timer.time("read"):
+                for source, array in zip(param.sources, plan.model.weights.read(list(param.sources))):
+                    tensor_digests[source] = tensor_digest(array)
         elif len(param.sources) == 1 and infos[param.sources[0]].nbytes > ROW_CHUNK_BYTES \
                 and (merge is None or (merge_targets is not None and param.sources[0] not in merge_targets)):
             outputs = quantize_in_row_blocks(plan, param, scheme, timer, tensor_digests)
@@ -256,13 +263,21 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
               registry: Registry | None = None, progress: ProgressFn | None = None,
               progress_total: Callable[[int], None] | None = None,
               source_record: dict | None = None,
-              gate: Callable[[Path, dict], dict | None] | None = None, scales: str = "mlc") -> AddResult:
-    """Convert a full HF model directory into an artifact (in the registry, or at `output`)."""
+              gate: Callable[[Path, dict], dict | None] | None = None, scales: str = "mlc",
+              calibrate: str | None = None, log: Callable[[str], None] | None = None) -> AddResult:
+    """Convert a full HF model directory into an artifact (in the registry, or at `output`).
+    `calibrate` (builtin or a text file): calibrated rounding, personalize/calibration.py."""
     t_start = time.perf_counter()
     registry = registry or Registry()
     model = open_model_dir(Path(source))
     plan = plan_conversion(model, quantization, scales=scales)
-    name, destination = resolve_destination(registry, name, output, model.path, quantization, scales)
+    calibrated = None
+    if calibrate is not None:
+        from .calibration import calibrate_artifact
+
+        calibrated = calibrate_artifact(calibrate, plan, model.path, None, scales=scales, log=log)
+    name, destination = resolve_destination(registry, name, output, model.path, quantization,
+                                            calibrated.options["scales"] if calibrated else scales)
     if progress_total:
         progress_total(plan.source_bytes)
     timer = StageTimer()
@@ -271,11 +286,13 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
         chat = pool.submit(build_chat_config, model_type=plan.config.model_type, quantization=plan.quantization,
                            model_config=plan.config.model_config, source_dir=model.path,
                            conv_template=conv_template)
-        weights = write_weights(plan, tmp, timer, progress)
+        weights = write_weights(plan, tmp, timer, progress, precomputed=calibrated.outputs if calibrated else None)
         with timer.time("write"):
             chat_config = write_chat_files(tmp, chat.result())
         lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
                                 source_record=source_record)
+        if calibrated:
+            calibrated.record(lineage, timer)
         lineage["source"]["content_sha256"] = weights["source_content_sha256"]
         gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
     return AddResult(name if output is None else None, destination, lineage)

@@ -132,8 +132,9 @@ def _search_scale(x: torch.Tensor, weight: torch.Tensor, mi: int, model_dtype: s
                   factors: tuple[float, ...]) -> torch.Tensor:
     """Per row, the stored scale among the candidates with the smallest weighted squared error of
     the nearest codes in -mi..mi+1. x [N, g] (fp32), weight [g] or [N, g]."""
-    need = torch.maximum(x.amax(dim=1) / (mi + 1), (-x.amin(dim=1)) / mi).clamp_min(0)
-    best_s = _round_up_to_stored(need, model_dtype)
+    hi, lo = x.amax(dim=1).clamp_min(0), (-x.amin(dim=1)).clamp_min(0)
+    need = torch.maximum(hi / (mi + 1), lo / mi)
+    best_s = _smallest_unclipped(need, hi, lo, mi, model_dtype)
     best_e = _weighted_error(x, best_s, weight, mi)
     for f in factors:
         if f == 1.0:
@@ -157,12 +158,17 @@ def _stored(s: torch.Tensor, model_dtype: str) -> torch.Tensor:
     return s.to(_TORCH[model_dtype]).float()
 
 
-def _round_up_to_stored(need: torch.Tensor, model_dtype: str) -> torch.Tensor:
-    """The smallest stored value >= need (so the range scale clips nothing)."""
-    s = _stored(need, model_dtype)
-    ulp = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23}[model_dtype]
-    up = _stored(need * (1 + ulp), model_dtype)
-    return torch.where(s < need, up, s)
+def _smallest_unclipped(need: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, mi: int,
+                        model_dtype: str) -> torch.Tensor:
+    """The stored scale nearest `need`, one ulp up if it would clip: s*(mi+1) >= hi and s*mi >= lo,
+    compared exactly (a small integer times an fp16/bf16 value is exact in fp32)."""
+    stored = need.to(_TORCH[model_dtype])
+    s = stored.float()
+    # the next representable value up (positive floats: the bit pattern + 1)
+    bits = {"float16": torch.int16, "bfloat16": torch.int16, "float32": torch.int32}[model_dtype]
+    up = (stored.view(bits) + 1).view(_TORCH[model_dtype]).float()
+    clips = (s * (mi + 1) < hi) | (s * mi < lo)
+    return torch.where(clips, up, s)
 
 
 def rtn_quantize(weight: np.ndarray | torch.Tensor, model_dtype: str, bits: int, group_size: int) -> Calibrated:

@@ -35,6 +35,10 @@ def add(
                                "(bit-exact with MLC's converter), range (also uses the top 4-bit code: measured "
                                "lower KL and perplexity on SmolLM2), mse (experimental: least squared weight "
                                "error, measured worse on SmolLM2)"),
+    calibrate: Optional[str] = typer.Option(None, "--calibrate", metavar="builtin|FILE",
+                                            help="calibrated rounding (GPTQ-style, same format and library, "
+                                            "not byte-identical with MLC's converter): `builtin` text or a "
+                                            "UTF-8 file (for a chat fine-tune, text in its chat format is best)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
@@ -45,7 +49,7 @@ def add(
         result = add_source(source, quantization=quantization, name=name, output=output, base=base,
                             force_base=force_base, conv_template=conv_template, force=force,
                             evaluate=not no_eval, device=device, progress=advance, progress_total=set_total,
-                            log=None if json_out else stderr.print, scales=scales)
+                            log=None if json_out else stderr.print, scales=scales, calibrate=calibrate)
     doc = {"name": result.name, "path": str(result.path), "library_key": result.lineage["library_key"],
            "quantization": result.lineage["quantization"],
            "quantization_options": result.lineage.get("quantization_options"),
