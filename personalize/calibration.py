@@ -87,15 +87,23 @@ def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int,
     out: dict[str, Calibrated] = {}
     errors: list[dict] = []
 
-    def quantize_linear(name: str, module, h: torch.Tensor) -> None:
-        w = module.weight.data
+    def quantize_linears(names: list[str], h: torch.Tensor) -> None:
+        """Linears that share an input (q/k/v, gate/up) are quantized as one row-stacked matrix:
+        rows are independent given H, and one column sweep is cheaper than three."""
+        mods = [model.get_submodule(n) for n in names]
+        w = torch.cat([m.weight.data for m in mods])
         cal = gptq_quantize(w, h, model_dtype, bits, group_size)
-        deq = torch.from_numpy(cal.dequantize())
-        errors.append({"name": name, "calibrated": output_error(w, deq.numpy(), h, model_dtype),
+        deq = cal.dequantize()
+        errors.append({"name": ",".join(names), "calibrated": output_error(w, deq, h, model_dtype),
                        "mlc": output_error(w, mlc_dequantized(w.numpy(), model_dtype, bits, group_size), h,
                                            model_dtype)})
-        module.weight.data.copy_(deq)  # the next layers see the quantized model
-        out[f"{name}.weight"] = cal
+        start = 0
+        for name, m in zip(names, mods):
+            rows = m.weight.shape[0]
+            part = Calibrated(cal.codes[start : start + rows], cal.scales[start : start + rows], bits, group_size)
+            m.weight.data.copy_(torch.from_numpy(deq[start : start + rows]))  # later layers see the quantized model
+            out[f"{name}.weight"] = part
+            start += rows
 
     with torch.no_grad():
         embed = core.embed_tokens
@@ -122,9 +130,7 @@ def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int,
             for h in hooks:
                 h.remove()
             for key, names in groups.items():
-                h = hs[key] / n_tokens
-                for name in names:
-                    quantize_linear(name, modules[name], h)
+                quantize_linears(names, hs[key] / n_tokens)
             hidden = _run_layer(layer, rotary, hidden)  # outputs of the quantized layer
             say(f"layer {i + 1}/{len(core.layers)} calibrated ({time.perf_counter() - t_layer:.1f} s)")
         if quantize_embedding:
@@ -248,7 +254,7 @@ def calibrate_artifact(spec: str, plan, model_dir: Path, adapter_dir: Path | Non
     quality = {"output_error_vs_mlc_total": round(cal / mlc, 4) if mlc else None,
                "output_error_vs_mlc_median": round(ratios[len(ratios) // 2], 4) if ratios else None,
                "linears": len(result.layer_errors),
-               "measured_on": "calibration text: sum over linears of ||X (W - Q)^T||^2, calibrated / MLC rounding"}
+               "measured_on": "calibration text, per input group (qkv, o, gate_up, down): sum of ||X (W - Q)^T||^2, calibrated / MLC rounding"}
     options = {"scales": "calibrated",
                "calibration": {**result.recipe, "seconds": round(result.seconds, 2), "params": n_params,
                                "seconds_per_billion_params": round(result.seconds / max(n_params, 1) * 1e9, 1),
