@@ -65,10 +65,19 @@ class CalibrationResult:
     layer_errors: list[dict] = field(default_factory=list)
 
 
-def calibration_tokens(tokenizer, text: str) -> list[list[int]]:
-    """The text tokenized once and cut into SEQ_LEN sequences (the last partial one kept if long enough)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
-    seqs = [ids[i : i + SEQ_LEN] for i in range(0, len(ids), SEQ_LEN)]
+def calibration_tokens(tokenizer, text: str, max_positions: int | None = None) -> list[list[int]]:
+    """The text tokenized once and cut into SEQ_LEN sequences (at most the model's context; the
+    last partial one kept if long enough)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "longer than the maximum length": we cut it here
+    try:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    seq = min(SEQ_LEN, max_positions or SEQ_LEN)
+    seqs = [ids[i : i + seq] for i in range(0, len(ids), seq)]
     return [s for s in seqs if len(s) >= 32] or [ids]
 
 
@@ -79,7 +88,7 @@ def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int,
     import torch
 
     t0 = time.perf_counter()
-    seqs = calibration_tokens(tokenizer, text)
+    seqs = calibration_tokens(tokenizer, text, getattr(model.config, "max_position_embeddings", None))
     n_tokens = sum(len(s) for s in seqs)
     say = progress or (lambda _m: None)
     core = model.model
@@ -152,7 +161,7 @@ def calibrate_model(model, tokenizer, text: str, *, model_dtype: str, bits: int,
                 say("embedding and lm_head calibrated")
     recipe = {"method": "gptq-groupwise", "version": RECIPE_VERSION, "text": label,
               "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "tokens": n_tokens,
-              "sequences": len(seqs), "seq_len": SEQ_LEN, "damp": 0.01, "embed_damp": EMBED_DAMP,
+              "sequences": len(seqs), "seq_len": max(len(s) for s in seqs), "damp": 0.01, "embed_damp": EMBED_DAMP,
               "codes": f"0..{2**bits - 1}", "order": "natural (no act-order)", "sequential": True}
     return CalibrationResult(out, recipe, time.perf_counter() - t0, errors)
 
@@ -194,7 +203,9 @@ def load_for_calibration(model_dir: Path, adapter_dir: Path | None = None):
 
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir or model_dir))
+    has_own = adapter_dir is not None and any((adapter_dir / f).is_file()
+                                              for f in ("tokenizer.json", "tokenizer.model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir if has_own else model_dir))
     return model, tokenizer
 
 

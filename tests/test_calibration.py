@@ -187,3 +187,36 @@ def test_cli_add_calibrate_smollm2(home, smollm2_dir, tmp_path):
     assert cal["eval"]["mean_kl"] < plain["eval"]["mean_kl"]
     code, _, err = run_cli("verify", "cal")
     assert code == 0, err
+
+
+def test_adapter_calibrate_with_chat_text_never_reuses_across_modes(home, tmp_path):
+    """An adapter calibrated on text in its own chat format; reuse of the base's finished tensors
+    never crosses between calibrated and uncalibrated artifacts."""
+    from artifacts.tensor_cache import iter_tensors
+    from tests.adapter_fixtures import make_tiny_adapter, make_tiny_base
+    from tests.tiny_models import add_chatml_tokenizer
+
+    base = make_tiny_base(tmp_path / "base", arch="llama", tie=False, vocab=320)
+    add_chatml_tokenizer(base)
+    adapter = make_tiny_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
+    chat = tmp_path / "chat.txt"
+    chat.write_text("".join(f"<|im_start|>user\nWhat is {i} plus {i + 1}?<|im_end|>\n<|im_start|>assistant\n"
+                            f"{i} plus {i + 1} is {2 * i + 1}.<|im_end|>\n" for i in range(40)))
+    for args in (("--name", "base"), ("--name", "base-cal", "--calibrate", "builtin")):
+        code, _, err = run_cli("add", str(base), *args, "--no-eval", "--quiet")
+        assert code == 0, err
+    code, _, err = run_cli("add", str(adapter), "--base", "base", "--calibrate", str(chat), "--name", "var-cal",
+                           "--no-eval", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("add", str(adapter), "--base", "base-cal", "--name", "var", "--no-eval", "--quiet")
+    assert code == 0, err
+    lin = {n: json.loads((home / "artifacts" / n / "personalize.json").read_text()) for n in ("var-cal", "var")}
+    assert lin["var-cal"]["quantization_options"]["calibration"]["text"] == "chat.txt"
+    assert lin["var-cal"]["base"]["reused_params"] == 0 and lin["var-cal"]["base"]["artifact"] is None
+    assert lin["var"]["quantization_options"] == {"scales": "mlc"}
+    assert lin["var"]["base"]["artifact"] == str(home / "artifacts" / "base")  # the uncalibrated one
+    assert lin["var"]["base"]["reused_params"] > 0
+    cal_t, plain_t = dict(iter_tensors(home / "artifacts" / "var-cal")), dict(iter_tensors(home / "artifacts" / "var"))
+    assert set(cal_t) == set(plain_t)
+    assert all(cal_t[n].shape == plain_t[n].shape and cal_t[n].dtype == plain_t[n].dtype for n in cal_t)
+    assert any(cal_t[n].tobytes() != plain_t[n].tobytes() for n in cal_t if n.endswith("q_weight"))
