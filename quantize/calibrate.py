@@ -179,8 +179,8 @@ def rtn_quantize(weight: np.ndarray | torch.Tensor, model_dtype: str, bits: int,
 def output_error(weight: np.ndarray | torch.Tensor, dequantized: np.ndarray, hessian: np.ndarray | torch.Tensor,
                  model_dtype: str) -> float:
     """sum over rows of (w - q)^T H (w - q): the squared output error on the calibration inputs."""
-    d = (model_dtype_values(weight, model_dtype) - torch.as_tensor(dequantized)).double()
-    return float(((d @ torch.as_tensor(hessian).double()) * d).sum())
+    d = model_dtype_values(weight, model_dtype) - torch.as_tensor(dequantized).float()
+    return float(((d @ torch.as_tensor(hessian).float()) * d).double().sum())
 
 
 def concat_rows(parts: list[Calibrated]) -> Calibrated:

@@ -124,7 +124,8 @@ def test_every_layer_beats_mlc_rounding_on_the_calibration_data(tiny_llama):
     assert set(result.weights) >= {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"}
 
 
-def test_cli_add_calibrate_tiny_end_to_end(home, tiny_llama, tmp_path):
+@pytest.mark.parametrize("quantization", ["q4f16_1", pytest.param("q3f16_1", marks=pytest.mark.slow)])
+def test_cli_add_calibrate_tiny_end_to_end(home, tiny_llama, tmp_path, quantization):
     """`add --calibrate builtin`: same tensors (names, shapes, dtypes) as MLC's rounding, other bytes,
     recorded in personalize.json and the card, passes verify, and our library's logits equal
     transformers on the dequantized weights."""
@@ -134,9 +135,10 @@ def test_cli_add_calibrate_tiny_end_to_end(home, tiny_llama, tmp_path):
     from _quality_eval import artifact_state_dict, load_model, load_state
     from artifacts.tensor_cache import read_tensor_cache
 
-    code, _, err = run_cli("add", str(tiny_llama), "--name", "plain", "--no-eval", "--quiet")
+    code, _, err = run_cli("add", str(tiny_llama), "-q", quantization, "--name", "plain", "--no-eval", "--quiet")
     assert code == 0, err
-    code, _, err = run_cli("add", str(tiny_llama), "--calibrate", "builtin", "--name", "cal", "--quiet")
+    code, _, err = run_cli("add", str(tiny_llama), "-q", quantization, "--calibrate", "builtin", "--name", "cal",
+                           "--quiet")
     assert code == 0, err
     assert "layer 2/2 calibrated" in err
     plain, cal = home / "artifacts" / "plain", home / "artifacts" / "cal"
@@ -148,6 +150,7 @@ def test_cli_add_calibrate_tiny_end_to_end(home, tiny_llama, tmp_path):
     opts = lineage["quantization_options"]
     assert opts["scales"] == "calibrated" and opts["calibration"]["text"] == "builtin"
     assert len(opts["calibration"]["text_sha256"]) == 64 and opts["calibration"]["quality"]["linears"] == 8
+    assert opts["calibration"]["quality"]["output_error_vs_mlc_total"] < 1
     assert lineage["eval"]["mean_kl"] >= 0  # the equivalence gate ran on the calibrated artifact
     card = (cal / "README.md").read_text()
     assert "not byte-identical" in card and "calibrated rounding" in card
