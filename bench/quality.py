@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     del model
     env = dict(os.environ, PERSONALIZE_HOME=str(work / "home"))
     rows = []
-    for spec in args.specs.split(","):
+    for spec in [s for s in args.specs.split(",") if s]:
         row = personalize_row(spec, model_dir, work, ref, chunks, params, env)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -234,9 +234,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     title = f"{model_dir.name} on {args.eval.name} ({len(chunks)} x {CTX}-token windows)"
+    saved = work / f"{model_dir.name}-rows.json"
+    if saved.is_file():  # rows of earlier runs on the same model and text (e.g. llama.cpp added later)
+        old = json.loads(saved.read_text())
+        old_tokens = old["rows"][0]["tokens"] if old.get("rows") else None
+        if rows and old.get("eval", str(args.eval)) == str(args.eval) and old_tokens == rows[0]["tokens"]:
+            done = {(r["tool"], r["scheme"]) for r in rows}
+            rows = [r for r in old["rows"] if (r["tool"], r["scheme"]) not in done] + rows
+    rows.sort(key=lambda r: (r["tool"] != "llama.cpp", r["tool"], r["scheme"]))
     md = table(rows, ref_ppl, title)
     (work / f"{model_dir.name}-table.md").write_text(md + "\n")
-    (work / f"{model_dir.name}-rows.json").write_text(json.dumps({"ref_ppl": ref_ppl, "rows": rows}, indent=1))
+    saved.write_text(json.dumps({"ref_ppl": ref_ppl, "eval": str(args.eval), "tokens": rows[0]["tokens"] if rows
+                                 else 0, "rows": rows}, indent=1))
     print(md)
     return 0
 
