@@ -60,10 +60,10 @@ def test_llama3_rope_scaling_is_compiled_in():
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
 def test_library_config_round_trips_through_chat_config(fixture, request, tmp_path):
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
     src = request.getfixturevalue(fixture)
-    art = add_model(src, quantization="q4f16_1", output=tmp_path / "a").path
+    art = add_source(src, evaluate=False, quantization="q4f16_1", output=tmp_path / "a").path
     chat = json.loads((art / "mlc-chat-config.json").read_text())
     hf = json.loads((src / "config.json").read_text())
     direct = get_architecture(hf["model_type"]).library_config(hf)
@@ -74,13 +74,13 @@ def test_library_config_round_trips_through_chat_config(fixture, request, tmp_pa
 
 def test_lib_build_caches_and_lists(tiny_llama, tmp_path, monkeypatch):
     """Production CPU pipeline, once: build, embedded metadata, second build is a cache hit, lib list."""
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
     home = tmp_path / "private-home"  # its own libs dir: this test is about the cache itself
     monkeypatch.setenv("PERSONALIZE_HOME", str(home))
     from personalize.runtime.engine import read_library_metadata
 
-    art = add_model(tiny_llama, quantization="q4f16_1", output=tmp_path / "art").path
+    art = add_source(tiny_llama, evaluate=False, quantization="q4f16_1", output=tmp_path / "art").path
     code, out, err = run_cli("lib", "build", str(art), "--json")
     assert code == 0, err
     doc = json.loads(out)
@@ -105,10 +105,11 @@ def test_lib_build_caches_and_lists(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_cli_refuses_a_mismatch_in_one_line(home, tiny_llama, tiny_llama_untied, tmp_path):
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
-    tied = add_model(tiny_llama, quantization="q4f16_1", output=tmp_path / "tied").path
-    untied = add_model(tiny_llama_untied, quantization="q4f16_1", output=tmp_path / "untied").path
+    tied = add_source(tiny_llama, evaluate=False, quantization="q4f16_1", output=tmp_path / "tied").path
+    untied = add_source(tiny_llama_untied, evaluate=False, quantization="q4f16_1",
+                        output=tmp_path / "untied").path
     code, out, _ = run_cli("lib", "build", str(tied), "--json")
     lib = json.loads(out)["path"]
     code, out, err = run_cli("generate", str(untied), "hi", "--lib", lib)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from personalize.pipeline import add_model
+from personalize.add import add_source
 from personalize.runtime import ArtifactMismatchError, TokenRangeError, load
 from tests.tiny_models import add_chatml_tokenizer, make_tiny_model
 
@@ -41,7 +41,8 @@ def artifacts(home, tmp_path_factory):
     def make(src: Path, quantization: str) -> Path:
         key = (str(src), quantization)
         if key not in made:
-            made[key] = add_model(src, quantization=quantization, output=root / f"{src.name}-{quantization}").path
+            made[key] = add_source(src, evaluate=False, quantization=quantization,
+                                   output=root / f"{src.name}-{quantization}").path
         return Path(made[key])
 
     return make
@@ -232,9 +233,10 @@ def test_q4f32_logits_match_transformers_on_dequantized_weights(fixture, request
 def test_range_scales_use_code_15_and_the_library_decodes_it(home, tiny_llama, tmp_path):
     """`--scales range` writes code 15 (+8 * scale), outside what MLC's converter emits but inside the
     4-bit field every MLC decoder reads: the library must compute with exactly that value."""
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
-    art = add_model(tiny_llama, quantization="q4f32_1", output=tmp_path / "range", scales="range").path
+    art = add_source(tiny_llama, evaluate=False, quantization="q4f32_1", output=tmp_path / "range",
+                     scales="range").path
     tensors = read_artifact_tensors(art)
     codes = np.concatenate([((t[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 15).ravel()
                             for n, t in tensors.items() if n.endswith("q_weight")])
