@@ -9,7 +9,6 @@ len(AutoTokenizer). The conversation template is chosen from the fine-tune's own
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from .conv_template import (
     tokenizer_render,
 )
 from .errors import ChatConfigError
+from .files import read_json_object, write_json_atomic
 from .format import MLC_CHAT_CONFIG_JSON, MLC_CHAT_CONFIG_VERSION, TOKENIZER_FILES
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,7 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ChatConfigError(f"{path.name} is not valid JSON: {exc}", path=path, hint="fix or remove the file") from exc
-    if not isinstance(doc, dict):
-        raise ChatConfigError(f"{path.name} is not a JSON object", path=path, hint="fix or remove the file")
-    return doc
+    return read_json_object(path, error=ChatConfigError, missing_ok=True, hint="fix or remove the file")
 
 
 def detect_tokenizer_info(tokenizer_json: Path) -> dict[str, Any]:
@@ -229,12 +221,19 @@ def build_chat_config(*, model_type: str, quantization: str, model_config: dict[
 
 def write_chat_config(out_dir: Path, doc: dict[str, Any]) -> None:
     """json.dump(indent=2), as gen_config writes mlc-chat-config.json (no trailing newline)."""
-    (Path(out_dir) / MLC_CHAT_CONFIG_JSON).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    write_json_atomic(Path(out_dir) / MLC_CHAT_CONFIG_JSON, doc, indent=2, trailing_newline=False, ensure_ascii=True)
 
 
 def read_chat_config(artifact_dir: Path) -> dict[str, Any]:
+    """An artifact's mlc-chat-config.json: a JSON object naming model_type and quantization."""
     path = Path(artifact_dir) / MLC_CHAT_CONFIG_JSON
-    doc = _read_json(path)
-    if doc is None:
-        raise ChatConfigError(f"no {MLC_CHAT_CONFIG_JSON}", path=path, hint="is this an MLC weight directory?")
+    hint = "is this an MLC weight directory? re-create it with `personalize add`"
+    doc = read_json_object(path, error=ChatConfigError, hint=hint)
+    for key in ("model_type", "quantization"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise ChatConfigError(f"{MLC_CHAT_CONFIG_JSON} has no {key}", path=path, hint=hint)
+    conv = doc.get("conv_template")
+    if conv is not None and not isinstance(conv, dict):
+        raise ChatConfigError(f"{MLC_CHAT_CONFIG_JSON}: conv_template is not a conversation object", path=path,
+                              hint=hint)
     return doc

@@ -129,14 +129,11 @@ def read_lineage(artifact_dir: Path) -> dict:
     return lineage
 
 
-def _render_card(lineage: dict, artifact_dir: Path, repo_id: str) -> bytes | None:
-    """The model card re-rendered for `repo_id`, or None if the renderer is not available."""
-    try:
-        from artifacts.model_card import render_model_card
-    except ImportError:
-        return None
-    chat_config = json.loads((artifact_dir / CHAT_CONFIG_FILE).read_text())
-    return render_model_card(lineage, chat_config, repo_id=repo_id).encode()
+def _render_card(lineage: dict, artifact_dir: Path, repo_id: str) -> bytes:
+    """The model card re-rendered for `repo_id`, from the artifact directory (keeps the VRAM estimate)."""
+    from artifacts import Artifact
+
+    return Artifact(artifact_dir).render_card(repo_id, lineage=lineage).encode()
 
 
 def _lineage_bytes(lineage: dict) -> bytes:

@@ -150,14 +150,16 @@ def test_push_detects_a_hub_that_stores_something_else(hub, tmp_path, monkeypatc
 # ----------------------------------------------------------------------------- the model card
 def test_card_is_rerendered_for_the_repo_and_the_pushed_lineage_matches(hub, tmp_path, monkeypatch):
     fake = types.ModuleType("artifacts.model_card")
-    fake.render_model_card = lambda lineage, chat, repo_id: f"---\nlicense: mit\n---\n# {lineage['name']} at {repo_id}\n"
+    # rendered from the artifact directory, so the card keeps its VRAM estimate (review §3 bug 1)
+    fake.render_model_card = lambda lineage, chat, repo_id, artifact_dir: (
+        f"---\nlicense: mit\n---\n# {lineage['name']} at {repo_id} from {artifact_dir.name}\n")
     monkeypatch.setitem(sys.modules, "artifacts.model_card", fake)
     art = make_fake_artifact(tmp_path / "tiny")
     before = hash_tree(art)
     result = hubmod.push_artifact(art, "alice/tiny", token=TOKEN, endpoint=hub.url)
     assert hash_tree(art) == before  # the local artifact is untouched
     card = hub.file_bytes("alice/tiny", "README.md")
-    assert card == b"---\nlicense: mit\n---\n# tiny at alice/tiny\n"
+    assert card == b"---\nlicense: mit\n---\n# tiny at alice/tiny from tiny\n"
     pushed = json.loads(hub.file_bytes("alice/tiny", "personalize.json"))
     assert pushed["files"]["README.md"] == {"sha256": hashlib.sha256(card).hexdigest(), "size": len(card)}
     local = json.loads((art / "personalize.json").read_text())
