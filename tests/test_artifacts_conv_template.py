@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from personalize.smollm2 import ensure_smollm2
-
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,6 @@ from artifacts.conv_template import (
 )
 from artifacts.errors import ConvTemplateError
 
-SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 ONE_TURN = [{"role": "user", "content": "What is the capital of France?"}]
 TWO_TURN = ONE_TURN + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
@@ -42,9 +39,8 @@ def assert_reproduces(model_dir: Path, chats, **kwargs):
     return det
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 not in the cache")
-def test_smollm2_is_chatml_with_its_own_system_message():
-    det = assert_reproduces(SMOLLM2, [ONE_TURN, TWO_TURN, WITH_SYSTEM])
+def test_smollm2_is_chatml_with_its_own_system_message(smollm2_dir):
+    det = assert_reproduces(smollm2_dir, [ONE_TURN, TWO_TURN, WITH_SYSTEM])
     assert det.named == "chatml" and det.conv["name"] == "chatml"
     assert det.conv["system_message"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     assert det.conv["stop_token_ids"] == [2]  # <|im_end|> is id 2 in SmolLM2's vocabulary
