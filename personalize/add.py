@@ -81,7 +81,7 @@ def _local_source(source: str) -> tuple[Path, dict]:
     """(local directory, lineage source record): an hf:// repo is downloaded (cached) first."""
     if not source.startswith(HF_SCHEME):
         return Path(source).expanduser(), {}
-    from publish.hub import download_source
+    from ingest.hub import download_source
 
     local_dir, revision = download_source(source)
     return Path(local_dir), {"hub": source[len(HF_SCHEME):].split("@")[0], "revision": revision}

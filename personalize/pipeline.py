@@ -21,6 +21,7 @@ from ingest.errors import IngestError
 from ingest.source import ModelDir
 from quantize import NonFiniteWeightError, check_scale_mode, get_scheme, library_params, quantize_param
 from quantize.spec import SourceParam
+from registry.store import pause_point
 
 from .arch import Architecture, LibraryConfig, get_architecture, library_key
 from .ordering import counted_source_params, loading_order
@@ -38,6 +39,7 @@ class StageTimer:
 
     @contextmanager
     def time(self, stage: str) -> Iterator[None]:
+        pause_point(stage)  # tests only: PERSONALIZE_TEST_PAUSE_AT=<stage> stops here (tests/test_registry_faults.py)
         t0 = time.perf_counter()
         try:
             yield

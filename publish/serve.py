@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from .hub import LINEAGE_FILE, read_published
+from registry.store import LINEAGE_FILE, read_published
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",

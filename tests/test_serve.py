@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from publish import hub as hubmod
+from registry import store
 from publish.serve import ArtifactIndex, make_server, parse_range
 from registry.store import Registry
 from tests.hub_stub import make_fake_artifact
@@ -27,7 +28,7 @@ def served(home):
     make_fake_artifact(home / "artifacts" / "other", name="other", seed=1)
     result = hubmod.PushResult(repo_id="alice/tiny-MLC", revision="main", endpoint="https://huggingface.co",
                                commit="b" * 40, head="b" * 40, uploaded=[], unchanged=[], deleted=[], files=[])
-    hubmod.record_push(home, "tiny", result)
+    store.record_push(home, "tiny", result.record())
     (home / "libs").mkdir(exist_ok=True)
     (home / "libs" / "tiny-q0f16_cs1k-webgpu.wasm").write_bytes(b"\0asm\1\0\0\0")
     server = make_server(ArtifactIndex.from_registry(Registry(home)), "127.0.0.1", 0)
