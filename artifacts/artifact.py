@@ -6,6 +6,7 @@ rule, with one typed error naming the file:
 
     art = Artifact(path)
     art.chat_config          # mlc-chat-config.json, validated           (ChatConfigError)
+    art.conversation         # its conv_template as a Conversation       (ConvTemplateError)
     art.lineage              # personalize.json                          (LineageError)
     art.lineage_or_none()    # None for a legacy MLC directory without personalize.json
     art.tensor_cache         # TensorCache: records, load(name), items(), param_bytes, shard_files
@@ -24,7 +25,8 @@ from typing import Any
 
 from .chat_config import read_chat_config
 from .deploy import VramEstimate, estimate_vram
-from .errors import ArtifactError
+from .conversation import Conversation
+from .errors import ArtifactError, ConvTemplateError
 from .files import sha256_file, write_text_atomic
 from .format import LINEAGE_JSON, MLC_CHAT_CONFIG_JSON, MODEL_CARD, TENSOR_CACHE_JSON
 from .lineage import read_lineage, write_lineage
@@ -72,6 +74,15 @@ class Artifact:
     def chat_config(self) -> dict[str, Any]:
         """mlc-chat-config.json: a JSON object with model_type, quantization and a conversation object."""
         return read_chat_config(self.path)
+
+    @cached_property
+    def conversation(self) -> Conversation:
+        """The chat config's conv_template as a Conversation (the one prompt renderer)."""
+        try:
+            return Conversation.from_json(self.chat_config.get("conv_template"))
+        except ConvTemplateError as exc:
+            raise ConvTemplateError(f"{MLC_CHAT_CONFIG_JSON}: {exc.message}", path=self.chat_config_path,
+                                    hint=exc.hint) from None
 
     @cached_property
     def lineage(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 - `read_json_object`: a JSON object or one typed error naming the file (never a bare ValueError);
 - `write_json_atomic`: write to a temp file next to the target, then rename (readers never see half);
-- `sha256_file`: sha256 hex of a file, streamed in 1 MiB chunks.
+- `sha256_file` / `file_digests`: hex digests of a file, streamed in 1 MiB chunks.
 """
 
 from __future__ import annotations
@@ -61,10 +61,16 @@ def write_json_atomic(path: Path, doc: Any, *, indent: int = 2, trailing_newline
     write_text_atomic(path, text)
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 hex of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digests(path: Path, *algorithms: str) -> tuple[str, ...]:
+    """Hex digests of one file for each hashlib algorithm, in one pass of 1 MiB chunks."""
+    digests = [hashlib.new(name) for name in algorithms]
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for digest in digests:
+                digest.update(chunk)
+    return tuple(d.hexdigest() for d in digests)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex of a file."""
+    return file_digests(path, "sha256")[0]
