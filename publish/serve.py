@@ -13,7 +13,6 @@ socket timeout, so slow or half-sent requests cannot pile up threads or hold a w
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -24,8 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from artifacts import Artifact, sha256_file
+from artifacts.format import LINEAGE_JSON
 from personalize_errors import UserError
-from registry.store import LINEAGE_FILE, read_published
+from registry.store import read_published
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -75,14 +76,13 @@ class ArtifactIndex:
         if name is None or rev not in self.revisions(name):
             return None
         try:  # the registry may change under us (rm, a replace): a vanished artifact is a 404, not a crash
-            root = self._resolve(name)
-            lineage = json.loads((root / LINEAGE_FILE).read_text())
-        except (UserError, OSError, ValueError):
+            artifact = Artifact(self._resolve(name))
+            files = artifact.files
+            revision = artifact.revision
+        except (UserError, OSError):
             return None
-        if not isinstance(lineage, dict):
-            return None
-        files = lineage.get("files") or {}
-        if file != LINEAGE_FILE and file not in files:
+        root = artifact.path
+        if file != LINEAGE_JSON and file not in files:
             return None  # only listed files: this is what rules out '..', absolute paths and symlinks out
         path = (root / file).resolve()
         if not path.is_relative_to(root.resolve()) or not path.is_file():
@@ -90,9 +90,7 @@ class ArtifactIndex:
         # huggingface_hub clients require a commit id; the pushed commit when the files are that commit's.
         pushed = read_published(self.home).get(name) or {}
         commit = pushed.get("commit") if repo == pushed.get("repo_id") else None
-        if not commit:
-            commit = hashlib.sha1((root / LINEAGE_FILE).read_bytes()).hexdigest()
-        return path, (files.get(file) if file != LINEAGE_FILE else None), commit
+        return path, (files.get(file) if file != LINEAGE_JSON else None), commit or revision
 
 
 def _sha256_of(path: Path) -> str:
@@ -102,11 +100,7 @@ def _sha256_of(path: Path) -> str:
 
 @functools.lru_cache(maxsize=1024)  # keyed by size and mtime, so a changed file is hashed again
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(Path(path))
 
 
 def etag_matches(if_none_match: str | None, quoted: str) -> bool:
