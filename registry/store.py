@@ -193,8 +193,11 @@ def staged_directory(destination: Path, overwrite: bool = False, *,
     except OSError as exc:
         raise RegistryError(f"cannot create {parent}: {exc.strerror}", path=parent,
                             hint="choose a writable output location") from exc
+    home = Path(home) if home else default_home()
     with registry_lock(home):
-        clean_stale(parent, destination.name)
+        # In the registry every stale write is ours to clean; elsewhere only those of this destination.
+        in_registry = parent.resolve() == (home / "artifacts").resolve()
+        clean_stale(parent, None if in_registry else destination.name)
         check_replaceable(destination, overwrite)
         writer = None if overwrite else live_writer(parent, destination.name)
         if writer is not None:
@@ -216,6 +219,7 @@ def staged_directory(destination: Path, overwrite: bool = False, *,
             if destination.exists():
                 old = parent / f".{destination.name}.old-{os.getpid()}-{os.urandom(4).hex()}"
                 os.replace(destination, old)
+                pause_point("swap")
                 os.replace(tmp, destination)
                 shutil.rmtree(old, ignore_errors=True)
             else:
@@ -298,6 +302,11 @@ class Registry:
             return candidate.resolve()
         if NAME_PATTERN.match(text) and is_artifact_dir(self.artifacts_dir / text):
             return self.artifacts_dir / text
+        if NAME_PATTERN.match(text) and any(OLD.match(p.name) for p in _entries(self.artifacts_dir)):
+            with self.lock():  # a writer died mid-replace: put the previous artifact back, then look again
+                clean_stale(self.artifacts_dir, text)
+            if is_artifact_dir(self.artifacts_dir / text):
+                return self.artifacts_dir / text
         if candidate.exists():
             raise RegistryError(f"{text} is not an artifact directory (no {ARTIFACT_MARKER})", path=text,
                                 hint="pass a directory written by `personalize add` or a registry name")
