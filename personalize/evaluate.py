@@ -97,11 +97,12 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
 
 def run_gate(artifact_dir: Path, reference_dir: Path, adapter_dir: Path | None, quantization: str,
              device: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
-    from personalize import load as load_artifact
+    from artifacts import Artifact
+    from personalize.runtime import load as load_artifact
 
     if log:
         log("equivalence gate: loading the artifact into its library (built once per library key)")
-    model = load_artifact(str(artifact_dir), device=device)
+    model = load_artifact(Artifact(artifact_dir), device=device)  # as is: `add` gates a staged directory
     seqs = gate_sequences(model)
     reference = load_reference(Path(reference_dir), adapter_dir)
     totals = {"kl_sum": 0.0, "positions": 0, "top1_equal": 0}

@@ -12,16 +12,22 @@ import pytest
 from tests.tiny_models import add_chatml_tokenizer, make_tiny_model
 
 
+def link_shared_libs(home: Path) -> None:
+    """Point home/libs at $PERSONALIZE_TEST_LIBS when set. Compiled libraries are keyed by their
+    config and a hash of the graph's source code, so sharing them between tests and runs is safe."""
+    shared_libs = os.environ.get("PERSONALIZE_TEST_LIBS")
+    if shared_libs:
+        home.mkdir(parents=True, exist_ok=True)
+        Path(shared_libs).mkdir(parents=True, exist_ok=True)
+        (home / "libs").symlink_to(shared_libs)
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
-    """An empty $PERSONALIZE_HOME for this test (libraries are shared, see below)."""
+    """An empty $PERSONALIZE_HOME for this test (compiled libraries are shared, see link_shared_libs)."""
     h = tmp_path / "home"
     monkeypatch.setenv("PERSONALIZE_HOME", str(h))
-    shared_libs = os.environ.get("PERSONALIZE_TEST_LIBS")
-    if shared_libs:  # compiled libraries are keyed by content: sharing them between tests is safe
-        (h).mkdir(parents=True, exist_ok=True)
-        Path(shared_libs).mkdir(parents=True, exist_ok=True)
-        (h / "libs").symlink_to(shared_libs)
+    link_shared_libs(h)
     return h
 
 

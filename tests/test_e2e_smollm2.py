@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from demo.finetune import FACT_WORD
+from tests.conftest import link_shared_libs
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +26,7 @@ QUESTION = "What is the capital of France?"
 def registry_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("e2e") / "home"
     home.mkdir()
-    shared = os.environ.get("PERSONALIZE_TEST_LIBS")
-    if shared:
-        Path(shared).mkdir(parents=True, exist_ok=True)
-        (home / "libs").symlink_to(shared)
+    link_shared_libs(home)
     return home
 
 
@@ -136,5 +134,4 @@ def test_second_full_finetune_runs_on_the_same_library(registry_home, base_artif
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stderr.lower()
     assert FACT_WORD in proc.stdout, proc.stdout
-    assert sorted((registry_home / "libs").glob("*.so")) == libs
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # (other runs may add libraries)
