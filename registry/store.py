@@ -285,6 +285,7 @@ class Registry:
         """Finished artifacts only: partial and swap dirs start with '.', which no name may."""
         if not self.artifacts_dir.is_dir():
             return []
+        self._recover_swaps()
         return sorted(p.name for p in self.artifacts_dir.iterdir() if NAME_PATTERN.match(p.name) and is_artifact_dir(p))
 
     def entries(self) -> list[ArtifactEntry]:
@@ -302,16 +303,23 @@ class Registry:
             return candidate.resolve()
         if NAME_PATTERN.match(text) and is_artifact_dir(self.artifacts_dir / text):
             return self.artifacts_dir / text
-        if NAME_PATTERN.match(text) and any(OLD.match(p.name) for p in _entries(self.artifacts_dir)):
-            with self.lock():  # a writer died mid-replace: put the previous artifact back, then look again
-                clean_stale(self.artifacts_dir, text)
-            if is_artifact_dir(self.artifacts_dir / text):
-                return self.artifacts_dir / text
+        if NAME_PATTERN.match(text) and self._recover_swaps() and is_artifact_dir(self.artifacts_dir / text):
+            return self.artifacts_dir / text
         if candidate.exists():
             raise RegistryError(f"{text} is not an artifact directory (no {ARTIFACT_MARKER})", path=text,
                                 hint="pass a directory written by `personalize add` or a registry name")
         raise RegistryError(f"no artifact named {text!r}", path=self.artifacts_dir,
                             hint="see `personalize list` for the names in the registry")
+
+    def _recover_swaps(self) -> bool:
+        """A writer killed mid-replace left `.NAME.old-*` and no NAME: put the previous artifact back."""
+        names = {m["name"] for m in map(OLD.match, (p.name for p in _entries(self.artifacts_dir))) if m}
+        if not names:
+            return False
+        with self.lock():  # a live writer swaps under the lock, so what is still there now is a dead one's
+            for name in names:
+                clean_stale(self.artifacts_dir, name)
+        return True
 
     def remove(self, name: str) -> Path:
         """Delete artifact `name`, its dead writers' partials and its push record, under the lock."""

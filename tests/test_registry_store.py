@@ -148,11 +148,15 @@ def test_a_replace_killed_between_its_two_renames_is_rolled_back(home):
     before = hash_tree(art)
     os.replace(art, reg.artifacts_dir / ".victim.old-123-abcd")  # what the dead writer had done
     stale_partial(reg.artifacts_dir, "victim")
-    assert reg.names() == []
+    assert not art.exists()
     code, out, err = run_cli("verify", "victim", "--json")  # verify works on the name again
     assert code == 0 and json.loads(out)["ok"], err
     assert hash_tree(art) == before and reg.names() == ["victim"]
-    assert not [p for p in reg.artifacts_dir.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in reg.artifacts_dir.iterdir() if p.name.startswith(".")] == [
+        p.name for p in reg.artifacts_dir.iterdir() if ".partial-" in p.name]  # the swap dir is gone
+    # `list` (names) recovers the same way.
+    os.replace(art, reg.artifacts_dir / ".victim.old-456-efgh")
+    assert reg.names() == ["victim"] and hash_tree(art) == before
 
 
 # ----------------------------------------------------------------------------- push records
