@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from artifacts.tensor_cache import TensorCacheIndex
+from artifacts import Artifact
 from ingest.adapter import Adapter, load_adapter
 from ingest.errors import IngestError
 from ingest.merge import merge_tensor
@@ -50,7 +50,7 @@ def resolve_base(spec: str, registry: Registry, adapter_path: Path) -> BaseResol
             return BaseResolution(path.resolve(), spec)
     if is_artifact_dir(Path(spec)) or spec in registry.names():
         artifact = registry.resolve(spec)
-        lineage = read_json(artifact / "personalize.json")
+        lineage = Artifact(artifact).lineage
         source = lineage.get("source", {})
         if source.get("kind") != "model":
             raise IngestError(f"registry entry {spec!r} is itself an adapter variant", path=artifact,
@@ -128,7 +128,7 @@ def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: Conv
     if base_artifact is None or quantization_options(base_lineage or {}) != {"scales": plan.scales}:
         return None
     scheme = get_scheme(plan.quantization)
-    cache = TensorCacheIndex(base_artifact)
+    cache = Artifact(base_artifact).tensor_cache
 
     def reuse(param: SourceParam):
         if touched.intersection(param.sources):
@@ -205,12 +205,12 @@ def reusable_base_artifact(resolved: BaseResolution, base_model: ModelDir, regis
     """(artifact, lineage) of the base converted the same way from the same, unchanged files; else Nones."""
     base_artifact = resolved.artifact
     if base_artifact is not None:
-        resolved_lineage = read_json(base_artifact / "personalize.json")
+        resolved_lineage = Artifact(base_artifact).lineage
         if resolved_lineage.get("quantization") != quantization or quantization_options(resolved_lineage) != options:
             base_artifact = None
     if base_artifact is None:
         base_artifact = find_registry_artifact(registry, resolved.model_dir, quantization, options)
-    base_lineage = read_json(base_artifact / "personalize.json") if base_artifact else None
+    base_lineage = Artifact(base_artifact).lineage if base_artifact else None
     if base_lineage is not None and not same_base_files(base_lineage, base_model):
         return None, None  # the base changed since its artifact was written
     return base_artifact, base_lineage

@@ -129,18 +129,18 @@ def convert(prepared: PreparedSource, options: AddOptions, *, registry: Registry
                            conv_template=options.conv_template)
         weights = write_weights(plan, tmp, timer, progress, prepared.weight_steps)
         with timer.time("write"):
-            chat_config = write_chat_files(tmp, chat.result())
+            write_chat_files(tmp, chat.result())
         lineage = build_lineage(plan.model, name=name, source_kind=prepared.kind, source_path=prepared.path,
                                 model_type=plan.config.model_type, quantization=plan.quantization,
                                 scales=plan.scales, library_key=plan.library_key,
                                 compiled_config=plan.config.compiled, source_record=source_record)
         if prepared.annotate_lineage:
             prepared.annotate_lineage(lineage, weights)
-        gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
+        gate_and_finalize(tmp, lineage, weights, timer, t_start, gate)
     return AddResult(name if options.output is None else None, destination, lineage)
 
 
-def gate_and_finalize(tmp: Path, lineage: dict, chat_config: dict, weights: dict, timer: StageTimer,
+def gate_and_finalize(tmp: Path, lineage: dict, weights: dict, timer: StageTimer,
                       t_start: float, gate: GateFn | None) -> None:
     """Timings, the equivalence gate on the staged artifact (a failure writes nothing), card, hashes."""
     lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
@@ -149,7 +149,7 @@ def gate_and_finalize(tmp: Path, lineage: dict, chat_config: dict, weights: dict
         lineage["eval"] = gate(tmp, lineage)
         lineage["timings"]["eval"] = round(time.perf_counter() - t_eval, 4)
     lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
-    finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
+    finalize_artifact(tmp, lineage, weights["shard_hashes"])
 
 
 def side_thread() -> ThreadPoolExecutor:

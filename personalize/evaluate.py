@@ -152,11 +152,11 @@ def make_gate(*, reference_dir: Path, adapter_dir: Path | None, device: str, log
 def reevaluate(artifact_dir: Path, device: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
     """`personalize eval`: rerun the gate against the reference the lineage names; record the numbers
     in personalize.json and the model card."""
-    from artifacts.lineage import read_lineage
+    from artifacts import Artifact
 
     from .finalize import record_eval
 
-    lineage = read_lineage(artifact_dir)
+    lineage = dict(Artifact(artifact_dir).lineage)
     source = lineage.get("source", {})
     if source.get("kind") == "adapter":
         reference, adapter = Path(lineage["base"]["path"]), Path(source["path"])

@@ -8,19 +8,17 @@ cache for the VRAM estimate) and write personalize.json with the hash of every o
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from artifacts.chat_config import read_chat_config, write_chat_config
-from artifacts.lineage import file_map, hash_file, write_lineage
-from artifacts.model_card import render_model_card
+from artifacts import Artifact
+from artifacts.chat_config import write_chat_config
+from artifacts.lineage import file_map, write_lineage
 from ingest.source import ModelDir, config_sha256
 
 from .versions import tool_versions
 
-CARD = "README.md"
 
 
 def build_lineage(model: ModelDir, *, name: str | None, source_kind: str, source_path: Path,
@@ -69,28 +67,18 @@ def write_chat_files(out_dir: Path, built: tuple[dict, list[Path]]) -> dict:
     return chat_config
 
 
-def finalize_artifact(out_dir: Path, lineage: dict, chat_config: dict, shard_hashes: dict[str, str]) -> None:
+def finalize_artifact(out_dir: Path, lineage: dict, shard_hashes: dict[str, str]) -> None:
     """Model card + personalize.json with the sha256 and size of every other file (of a staged dir)."""
-    (out_dir / CARD).write_text(_card(out_dir, lineage, chat_config))
+    artifact = Artifact(out_dir)
+    # from the directory: the card's VRAM estimate reads the tensor cache (no Hub repo id yet)
+    artifact.card_path.write_text(artifact.render_card(lineage=lineage))
     lineage["files"] = file_map(out_dir, known_sha256=shard_hashes)
     write_lineage(out_dir, lineage)
 
 
 def record_eval(artifact_dir: Path, lineage: dict, result: dict) -> None:
-    """Store rerun gate numbers in personalize.json and the model card of a finished artifact.
-
-    The artifact is live (in the registry), so each file is replaced atomically: the card first,
-    then personalize.json with the card's new hash.
-    """
+    """Store rerun gate numbers in personalize.json and the model card of a finished artifact (live in
+    the registry: each file is replaced atomically, the card first, then the lineage with its hash)."""
     lineage["eval"] = result
-    card_tmp = artifact_dir / f".{CARD}.tmp"
-    card_tmp.write_text(_card(artifact_dir, lineage, read_chat_config(artifact_dir)))
-    os.replace(card_tmp, artifact_dir / CARD)
-    lineage.setdefault("files", {})[CARD] = {"sha256": hash_file(artifact_dir / CARD),
-                                             "size": (artifact_dir / CARD).stat().st_size}
-    write_lineage(artifact_dir, lineage)
+    Artifact(artifact_dir).record(lineage)
 
-
-def _card(artifact_dir: Path, lineage: dict, chat_config: dict) -> str:
-    # The local card has no Hub repo yet (push renders its own); the directory gives the VRAM estimate.
-    return render_model_card(lineage, chat_config, repo_id=None, artifact_dir=artifact_dir)
