@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from artifacts.format import TOKENIZER_FILES  # the one list (MLC gen_config's six first)
+
 from .config_check import check_config
 from .errors import IngestError
 from .tokenizer_check import check_tokenizer_files
@@ -15,11 +17,6 @@ from .weights import WeightReader
 
 SourceKind = Literal["model", "adapter"]
 
-TOKENIZER_FILES = (
-    "tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
-    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
-    "generation_config.json",
-)
 
 
 def detect_kind(path: Path) -> SourceKind:
