@@ -20,7 +20,6 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .deploy import parameter_bytes
 from .errors import TensorCacheError
 from .files import read_json_object
 from .format import (
@@ -73,6 +72,20 @@ def stored_nbytes(shape: list[int] | tuple[int, ...], dtype: str, fmt: str) -> i
     if fmt == "f32-to-bf16" and dtype == "float32":
         itemsize = 2
     return math.prod(shape) * itemsize
+
+
+def parameter_bytes(tensor_cache: dict[str, Any]) -> int:
+    """Bytes of every record on the device: numel * itemsize (f32-to-bf16 float32 decodes to 4 bytes)."""
+    total = 0
+    for shard in tensor_cache.get("records", []):
+        for rec in shard.get("records", []):
+            try:
+                itemsize = numpy_dtype(rec["dtype"]).itemsize
+            except TensorCacheError:
+                raise TensorCacheError(f"unknown dtype {rec['dtype']!r} for {rec['name']} in {TENSOR_CACHE_JSON}",
+                                       hint="re-create the artifact with `personalize add`") from None
+            total += math.prod(int(d) for d in rec["shape"]) * itemsize
+    return total
 
 
 def param_stats(param_count: int, param_bytes: float, total_source_params: int) -> dict[str, Any]:
