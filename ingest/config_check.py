@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import IngestError
+from .tokenizer_check import check_generation_fields
 
 # Sizes the architectures read (HF names). Each, when present, is a positive integer.
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
@@ -23,6 +24,9 @@ LENGTH_KEYS = ("context_window_size", "max_position_embeddings", "max_sequence_l
 MAX_LENGTH = 2**31 - 1
 # Real numbers the library bakes in.
 POSITIVE_FLOAT_KEYS = ("rms_norm_eps", "rope_theta", "layer_norm_eps")
+
+# Flags the architectures read with bool(): the string "false" would silently mean true.
+BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window")
 
 # `model.layers.12.mlp...`, `transformer.h.3.attn...`: the layer index in a tensor name.
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -51,6 +55,9 @@ def check_config(config: dict[str, Any], path: Path, tensor_shapes: dict[str, tu
         value = config.get(key)
         if value is not None and not (_number(value) and value > 0):
             raise bad(f"{key} must be a positive number, got {value!r}")
+    for key in BOOL_KEYS:
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            raise bad(f"{key} must be true or false, got {config[key]!r}")
     scaling = config.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         raise bad(f"rope_scaling must be an object or null, got {scaling!r}")
@@ -63,6 +70,7 @@ def check_config(config: dict[str, Any], path: Path, tensor_shapes: dict[str, tu
         raise bad(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}",
                   hint="grouped-query attention needs whole groups; fix num_key_value_heads")
 
+    check_generation_fields(config, path)
     _check_against_tensors(config, tensor_shapes, bad)
 
 

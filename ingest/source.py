@@ -78,9 +78,10 @@ def open_model_dir(path: Path) -> ModelDir:
                           hint="pass it as the SOURCE of `personalize add` with --base")
     config = read_json(path / "config.json")
     # A multimodal config keeps its language model under text_config; that layout is not supported.
-    if "model_type" not in config:
-        raise IngestError("config.json has no model_type", path=path / "config.json",
-                          hint="use the config.json written by transformers")
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise IngestError("config.json has no model_type" if "model_type" not in config else
+                          f"config.json: model_type must be a name, got {config['model_type']!r}",
+                          path=path / "config.json", hint="use the config.json written by transformers")
     weights = WeightReader(path)
     # Untrusted sizes are checked against the tensors present before anything is sized from them.
     check_config(config, path / "config.json", {n: i.shape for n, i in weights.tensors.items()})
