@@ -91,17 +91,13 @@ def sha256_bytes(data: bytes) -> str:
 
 # --------------------------------------------------------------------------------------- the artifact side
 def read_lineage(artifact_dir: Path) -> dict:
-    path = Path(artifact_dir) / LINEAGE_FILE
-    try:
-        lineage = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HubError("artifact has no personalize.json", path=path,
-                       hint="push a directory written by `personalize add`") from None
-    except ValueError as exc:
-        raise HubError(f"personalize.json is not valid JSON: {exc}", path=path,
-                       hint="run `personalize verify` and re-create the artifact") from None
+    """personalize.json of a pushable artifact (through artifacts.Artifact); it must list the files."""
+    from artifacts import Artifact
+
+    art = Artifact(artifact_dir)
+    lineage = art.lineage
     if not isinstance(lineage.get("files"), dict) or not lineage["files"]:
-        raise HubError("personalize.json lists no files", path=path,
+        raise HubError("personalize.json lists no files", path=art.lineage_path,
                        hint="re-create the artifact with `personalize add`")
     return lineage
 
@@ -114,11 +110,9 @@ def _render_card(lineage: dict, artifact_dir: Path, repo_id: str) -> bytes:
 
 
 def _lineage_bytes(lineage: dict) -> bytes:
-    """Serialize lineage exactly as the artifact writer does (falls back to indent=2 JSON)."""
-    try:
-        from artifacts.lineage import write_lineage
-    except ImportError:
-        return (json.dumps(lineage, indent=2) + "\n").encode()
+    """Serialize lineage exactly as the artifact writer does."""
+    from artifacts.lineage import write_lineage
+
     with tempfile.TemporaryDirectory() as tmp:
         write_lineage(Path(tmp), lineage)
         return (Path(tmp) / LINEAGE_FILE).read_bytes()

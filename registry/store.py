@@ -367,9 +367,12 @@ def check_name(name: str) -> str:
 
 
 def read_lineage_quiet(path: Path) -> dict:
+    """personalize.json through artifacts.Artifact, or {} when it is missing or unreadable (for `list`)."""
+    from artifacts import Artifact
+
     try:
-        return json.loads((path / LINEAGE_FILE).read_text())
-    except (OSError, ValueError):
+        return Artifact(path).lineage
+    except (UserError, OSError):
         return {}
 
 

@@ -187,3 +187,37 @@ def test_published_records_round_trip(tmp_path):
     assert rec["repo_id"] == "alice/x" and rec["commit"] == "c" * 40 and set(store.read_published(tmp_path)) == {"x", "y"}
     assert store.forget_push(tmp_path, "x") is True and store.forget_push(tmp_path, "x") is False
     assert set(store.read_published(tmp_path)) == {"y"}
+
+
+def test_an_endpoint_answering_200_with_html_is_one_typed_error(tmp_path):
+    """Issue 11 item 6: a wrong HF_ENDPOINT (any web server) gave a JSONDecodeError traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotAHub(BaseHTTPRequestHandler):
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b"<html>a login page</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotAHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        art = make_fake_artifact(tmp_path / "tiny")
+        with pytest.raises(hubmod.HubError, match="not JSON") as info:
+            hubmod.push_artifact(art, "alice/tiny", token=TOKEN, endpoint=url)
+        assert "HF_ENDPOINT" in info.value.hint
+        with pytest.raises(pullmod.HubError, match="not JSON"):
+            pullmod.download_source("hf://alice/src", endpoint=url, cache_dir=tmp_path / "c")
+    finally:
+        server.shutdown()
+        server.server_close()
