@@ -122,10 +122,10 @@ def test_peak_rss_sums_a_worker_process(tmp_path, flag_when_sampled):
     # the kernel's ru_maxrss only reports the largest single process (~135 MB here).
     flag, arm = flag_when_sampled
     arm("peak_total", 200 * MB)
-    hold = HOLD_UNTIL_FLAG.format(flag=str(flag))
+    worker = "import numpy as np\nb = np.ones(100 * 10**6 // 8)\n" + HOLD_UNTIL_FLAG.format(flag=str(flag))
     code = ("import subprocess, sys, numpy as np\n"
             "a = np.ones(100 * 10**6 // 8)\n"
-            f"subprocess.run([sys.executable, '-c', {('import numpy as np; b = np.ones(100 * 10**6 // 8)' + chr(10) + hold)!r}])\n"
+            f"subprocess.run([sys.executable, '-c', {worker!r}])\n"
             "print(a.sum())\n")
     m = run_measured("tree", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
     assert m.ok
