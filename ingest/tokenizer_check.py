@@ -58,8 +58,8 @@ def read_json_object(path: Path) -> dict:
 
 
 def check_tokenizer_json(path: Path) -> None:
-    """tokenizer.json must load in the `tokenizers` library, as every runtime will load it."""
-    read_json_object(path)
+    """tokenizer.json must load in the `tokenizers` library, as every runtime will load it (its parser
+    also reports invalid JSON, so the file is parsed once)."""
     from tokenizers import Tokenizer
 
     try:
