@@ -136,7 +136,7 @@ def _run(family: str, outcomes: dict, workdir: Path, tiny_llama: Path, mutate) -
 
 # --- JSON values -----------------------------------------------------------------------------
 
-INTERESTING_INTS = [0, 1, -1, 2, 3, 4, 7, 64, 96, 320, 2**31, 2**63, 2**64, 10**9, -(2**63)]
+INTERESTING_INTS = [0, 1, -1, 2, 3, 4, 7, 64, 96, 320, 2**31, 2**63, 2**64, 10**9, -(2**63), 10**400]
 scalars = st.one_of(
     st.none(), st.booleans(), st.sampled_from(INTERESTING_INTS), st.integers(-(2**65), 2**65),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.sampled_from(["F32", "BF16", "64"]))
