@@ -233,10 +233,6 @@ class CalibratedRun:
     outputs: Callable[[SourceParam], list | None]
     options: dict
 
-    def record(self, lineage: dict, timer) -> None:
-        lineage["quantization_options"] = self.options
-        timer.seconds["calibrate"] = round(self.result.seconds, 4)
-
 
 def calibrate_artifact(spec: str, plan, model_dir: Path, adapter_dir: Path | None, *, scales: str = "mlc",
                        log: Callable[[str], None] | None = None) -> CalibratedRun:
@@ -273,3 +269,23 @@ def calibrate_artifact(spec: str, plan, model_dir: Path, adapter_dir: Path | Non
     say(f"calibrated in {result.seconds:.0f} s; output error on the calibration text "
         f"{quality['output_error_vs_mlc_total']} x MLC's rounding")
     return CalibratedRun(result, calibrated_outputs(result, scheme), options)
+
+
+def calibrate_prepared(prepared, options, log: Callable[[str], None] | None = None):
+    """The add pipeline's one calibration hook: run the calibration on the prepared source and
+    return (prepared, options, run) where the write loop takes the calibrated tensors (and reuses
+    nothing: another artifact's tensors were rounded another way) and the lineage records the recipe."""
+    import dataclasses
+
+    run = calibrate_artifact(options.calibrate, prepared.plan, prepared.plan.model.path, prepared.adapter_dir,
+                             scales=options.scales, log=log)
+    steps = dataclasses.replace(prepared.weight_steps, reuse=None, precomputed=run.outputs)
+    annotate_first = prepared.annotate_lineage
+
+    def annotate(lineage: dict, weights: dict) -> None:
+        if annotate_first:
+            annotate_first(lineage, weights)
+        lineage["quantization_options"] = run.options
+
+    prepared = dataclasses.replace(prepared, weight_steps=steps, annotate_lineage=annotate)
+    return prepared, dataclasses.replace(options, scales=run.options["scales"]), run

@@ -215,7 +215,7 @@ def test_adapter_calibrate_with_chat_text_never_reuses_across_modes(home, tmp_pa
     assert code == 0, err
     lin = {n: json.loads((home / "artifacts" / n / "personalize.json").read_text()) for n in ("var-cal", "var")}
     assert lin["var-cal"]["quantization_options"]["calibration"]["text"] == "chat.txt"
-    assert lin["var-cal"]["base"]["reused_params"] == 0 and lin["var-cal"]["base"]["artifact"] is None
+    assert lin["var-cal"]["base"]["reused_params"] == 0
     assert lin["var"]["quantization_options"] == {"scales": "mlc"}
     assert lin["var"]["base"]["artifact"] == str(home / "artifacts" / "base")  # the uncalibrated one
     assert lin["var"]["base"]["reused_params"] > 0
