@@ -145,7 +145,10 @@ def llamacpp_rows(model_dir: Path, work: Path, ref, chunks, params: int, n_vocab
     g = work / "gguf" / model_dir.name
     g.mkdir(parents=True, exist_ok=True)
     f16 = g / "f16.gguf"
-    env = dict(os.environ, PYTHONPATH=str(lc.gguf_py))
+    # the converter's own gguf-py; sentencepiece must be importable too (pip install sentencepiece,
+    # or a --target dir on PYTHONPATH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(lc.gguf_py), os.environ.get("PYTHONPATH"))
+                                                      if p))
     if not f16.is_file():
         subprocess.run([sys.executable, str(lc.convert_script), str(model_dir), "--outtype", "f16", "--outfile",
                         str(f16)], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -289,3 +289,24 @@ def calibrate_prepared(prepared, options, log: Callable[[str], None] | None = No
 
     prepared = dataclasses.replace(prepared, weight_steps=steps, annotate_lineage=annotate)
     return prepared, dataclasses.replace(options, scales=run.options["scales"]), run
+
+
+# Measured with bench/quality.py (SmolLM2-135M-Instruct, held-out GPL-3 text, 14 x 512-token windows,
+# mean KL against the bf16 model): 3-bit with groups of 40 is far worse than 4-bit on small models.
+THREE_BIT_MEASURED = {"q3f16_1": "perplexity 441 (bf16: 18.1), mean KL 3.34, top-1 11%",
+                      "calibrated": "perplexity 62, KL 1.30, top-1 43%",
+                      "q4f16_1": "perplexity 28.0 / KL 0.53, with --calibrate 23.0 / 0.29"}
+
+
+def three_bit_warning(quantization: str, *, calibrated: bool) -> str | None:
+    """What `add` prints before a 3-bit conversion: the measured quality, and the better choice."""
+    from quantize import SCHEMES
+
+    scheme = SCHEMES.get(quantization)
+    if scheme is None or scheme.bits != 3:
+        return None
+    m = THREE_BIT_MEASURED
+    return (f"{quantization} loses much of a small model's quality: on SmolLM2-135M (held-out text) "
+            f"q3f16_1 measured {m['q3f16_1']}, with --calibrate {m['calibrated']}; q4f16_1 "
+            f"{m['q4f16_1']} (bench/quality.py). " +
+            ("Prefer q4f16_1 --calibrate." if calibrated else "Add --calibrate, or prefer q4f16_1 --calibrate."))

@@ -223,3 +223,11 @@ def test_adapter_calibrate_with_chat_text_never_reuses_across_modes(home, tmp_pa
     assert set(cal_t) == set(plain_t)
     assert all(cal_t[n].shape == plain_t[n].shape and cal_t[n].dtype == plain_t[n].dtype for n in cal_t)
     assert any(cal_t[n].tobytes() != plain_t[n].tobytes() for n in cal_t if n.endswith("q_weight"))
+
+
+def test_three_bit_add_warns_with_the_measured_numbers(home, tiny_llama):
+    code, _, err = run_cli("add", str(tiny_llama), "-q", "q3f16_1", "--name", "t3", "--no-eval", "--quiet")
+    assert code == 0, err
+    assert "q3f16_1 loses much" in err and "perplexity 441" in err and "--calibrate" in err
+    code, _, err = run_cli("add", str(tiny_llama), "-q", "q4f16_1", "--name", "t4", "--no-eval", "--quiet")
+    assert code == 0 and "loses much" not in err

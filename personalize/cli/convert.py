@@ -44,6 +44,11 @@ def add(
 ) -> None:
     """Convert a fine-tune or adapter into a verified MLC artifact."""
     from personalize.add import add_source
+    from personalize.calibration import three_bit_warning
+
+    warning = three_bit_warning(quantization, calibrated=calibrate is not None)
+    if warning and not json_out:
+        stderr.print(f"[yellow]warning:[/yellow] {warning}")
 
     with byte_progress("converting", enabled=not (quiet or json_out)) as (set_total, advance):
         result = add_source(source, quantization=quantization, name=name, output=output, base=base,
