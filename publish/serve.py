@@ -6,6 +6,16 @@ files listed in the artifact's personalize.json (and personalize.json itself) ar
 request can reach outside the artifact. GET and HEAD, single byte ranges (206 / 416), ETag = the
 sha256 from personalize.json (If-None-Match -> 304), CORS for browsers (WebLLM fetches cross-origin).
 `/libs/<file>` serves compiled libraries (e.g. a WebGPU .wasm) from the registry's libs/ directory.
+
+Revisions: `main`, and the commit advertised in X-Repo-Commit (for `local/<name>` the sha1 of the
+artifact's personalize.json, which changes whenever the artifact does). Any other commit is 404, so a
+URL pinned to a commit never serves the files of a later `add --force` under the same name, and a
+re-added artifact gets a new URL that no browser cache (WebLLM never revalidates) has seen.
+
+The chat page: `/` is a small static page (publish/page/index.html) that lists `/api/models` and chats
+with an artifact through WebLLM and MLC's prebuilt WebGPU library. It imports web-llm from the npm CDN
+unless `PageOptions.webllm_dir` names a local copy (served at `/vendor/web-llm/`);
+`PageOptions.prebuilt_dir` serves a local mirror of MLC's libraries at `/prebuilt/`.
 """
 
 from __future__ import annotations
@@ -14,12 +24,18 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from .hub import LINEAGE_FILE, read_published
+
+# The last web-llm release that loads MLC's v0_2_48 libraries (and reads ndarray-cache.json).
+WEBLLM_VERSION = "0.2.79"
+WEBLLM_CDN = f"https://esm.run/@mlc-ai/web-llm@{WEBLLM_VERSION}"
+PAGE_FILE = Path(__file__).with_name("page") / "index.html"
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -30,8 +46,25 @@ CORS_HEADERS = {
 }
 RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 LIB_FILE = re.compile(r"^/libs/(?P<file>[A-Za-z0-9][A-Za-z0-9._-]*)$")
+# /vendor/web-llm/<path> and /prebuilt/<path>: plain names only, no '..' segment can match.
+STATIC = re.compile(r"^/(?P<root>vendor/web-llm|prebuilt)/(?P<file>(?:[A-Za-z0-9@_][A-Za-z0-9._@-]*/)*"
+                    r"[A-Za-z0-9_][A-Za-z0-9._-]*)$")
 CONTENT_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".txt": "text/plain",
-                 ".wasm": "application/wasm", ".jinja": "text/plain; charset=utf-8"}
+                 ".wasm": "application/wasm", ".jinja": "text/plain; charset=utf-8",
+                 ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".mjs": "text/javascript; charset=utf-8", ".map": "application/json"}
+
+
+@dataclass(frozen=True)
+class PageOptions:
+    """Where the chat page gets web-llm and MLC's libraries from."""
+
+    webllm_url: str = WEBLLM_CDN  # an ES module URL; ignored when webllm_dir is set
+    webllm_dir: Path | None = None  # a web-llm package directory (e.g. node_modules/@mlc-ai/web-llm)
+    prebuilt_dir: Path | None = None  # a local mirror of MLC's prebuilt libraries (…/v0_2_48/*.wasm)
+
+    def module_url(self) -> str:
+        return "/vendor/web-llm/lib/index.js" if self.webllm_dir else self.webllm_url
 CHUNK = 1 << 20
 
 
@@ -56,18 +89,36 @@ class ArtifactIndex:
                 out[rec["repo_id"]] = name
         return out
 
-    def revisions(self, name: str) -> set[str]:
-        rec = read_published(self.home).get(name) or {}
-        return {"main"} | {r for r in (rec.get("revision"), rec.get("commit")) if r}
+    def commit(self, repo: str, name: str) -> str | None:
+        """The commit id served for `repo` (advertised as X-Repo-Commit), None if the artifact is unreadable.
+
+        The pushed commit for the repo it was pushed to; otherwise the sha1 of personalize.json, which
+        lists the sha256 of every file, so it changes whenever any file does.
+        """
+        pushed = read_published(self.home).get(name) or {}
+        if repo == pushed.get("repo_id") and pushed.get("commit"):
+            return pushed["commit"]
+        try:
+            return hashlib.sha1((self._resolve(name) / LINEAGE_FILE).read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    def revisions(self, repo: str, name: str) -> set[str]:
+        """The revisions `repo` answers for: main, its commit, and the branch it was pushed to."""
+        commit = self.commit(repo, name)
+        pushed = read_published(self.home).get(name) or {}
+        branch = pushed.get("revision") if repo == pushed.get("repo_id") else None
+        return {"main"} | {r for r in (commit, branch) if r}
 
     def lookup(self, repo: str, rev: str, file: str) -> tuple[Path, dict | None, str] | None:
         """(path on disk, lineage record or None for personalize.json, commit id) or None if not served."""
         name = self.repos().get(repo)
-        if name is None or rev not in self.revisions(name):
+        if name is None or rev not in self.revisions(repo, name):
             return None
         root = self._resolve(name)
         try:
-            lineage = json.loads((root / LINEAGE_FILE).read_text())
+            raw = (root / LINEAGE_FILE).read_bytes()
+            lineage = json.loads(raw)
         except (OSError, ValueError):
             return None
         files = lineage.get("files") or {}
@@ -77,11 +128,59 @@ class ArtifactIndex:
         if not path.is_relative_to(root.resolve()) or not path.is_file():
             return None
         # huggingface_hub clients require a commit id; the pushed commit when the files are that commit's.
-        pushed = read_published(self.home).get(name) or {}
-        commit = pushed.get("commit") if repo == pushed.get("repo_id") else None
-        if not commit:
-            commit = hashlib.sha1((root / LINEAGE_FILE).read_bytes()).hexdigest()
+        commit = self.commit(repo, name) or hashlib.sha1(raw).hexdigest()
         return path, (files.get(file) if file != LINEAGE_FILE else None), commit
+
+    def models(self, base_url: str, page: PageOptions) -> list[dict]:
+        """One entry per served repo for the chat page: what a WebLLM ModelRecord needs."""
+        out = []
+        for repo, name in sorted(self.repos().items()):
+            root = self._resolve(name)
+            try:
+                lineage = json.loads((root / LINEAGE_FILE).read_text())
+                chat = json.loads((root / "mlc-chat-config.json").read_text())
+            except (OSError, ValueError):
+                continue  # half-written or broken: `personalize verify` reports it
+            commit = self.commit(repo, name)
+            lib = library_url(lineage.get("library"), base_url, page.prebuilt_dir)
+            quant = chat.get("quantization") or lineage.get("quantization")
+            out.append({
+                "id": repo, "name": name, "commit": commit,
+                "model_type": chat.get("model_type") or lineage.get("model_type"), "quantization": quant,
+                # pinned to the commit: WebLLM uses a URL with /resolve/<rev>/ as given and caches by URL
+                "model_url": f"{base_url}/{repo}/resolve/{commit}/",
+                "model_id": f"{name}@{(commit or 'main')[:12]}",
+                "model_lib": lib,
+                "context_window_size": _library_context(lineage.get("library"), chat),
+                "required_features": ["shader-f16"] if quant and "f16" in quant else [],
+            })
+        return out
+
+
+def library_url(library: Any, base_url: str, prebuilt_dir: Path | None) -> str | None:
+    """The WebGPU library an artifact runs on, from what `add` recorded in personalize.json (`library`).
+
+    A file of that name under `prebuilt_dir` wins (served at /prebuilt/), so the page works offline.
+    """
+    if isinstance(library, str):
+        library = {"url": library}
+    if not isinstance(library, dict):
+        return None
+    url = next((library[k] for k in ("wasm_url", "url", "model_lib") if isinstance(library.get(k), str)), None)
+    fname = library.get("wasm") or library.get("file") or (url.rsplit("/", 1)[-1] if url else None)
+    if prebuilt_dir is not None and isinstance(fname, str) and fname.endswith(".wasm"):
+        root = Path(prebuilt_dir).resolve()
+        hits = sorted(p for p in root.rglob("*.wasm") if p.name == Path(fname).name and p.is_file())
+        if hits:
+            return f"{base_url}/prebuilt/{hits[0].relative_to(root).as_posix()}"
+    return url
+
+
+def _library_context(library: Any, chat: dict) -> int:
+    """The KV cache size for WebLLM: the library's compiled context (MLC's own records use it)."""
+    if isinstance(library, dict) and isinstance(library.get("context_window_size"), int):
+        return library["context_window_size"]
+    return min(int(chat.get("context_window_size") or 4096), 4096)  # MLC's WebGPU libraries are ctx4k
 
 
 _etag_cache: dict[tuple[str, int, int], str] = {}
@@ -118,6 +217,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 
 class ShareHandler(BaseHTTPRequestHandler):
     index: ArtifactIndex
+    page: PageOptions = PageOptions()
     protocol_version = "HTTP/1.1"
     server_version = "personalize-serve"
 
@@ -149,7 +249,9 @@ class ShareHandler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         raw = urlsplit(self.path).path
         path = unquote(raw)
-        if path in ("/", "/api/models"):
+        if path in ("/", "/index.html"):
+            return self._page()
+        if path == "/api/models":
             return self._listing()
         m = RESOLVE.match(path)
         if m is not None:
@@ -164,16 +266,31 @@ class ShareHandler(BaseHTTPRequestHandler):
             file = (self.index.libs_dir / m["file"]).resolve()
             if file.is_file() and file.is_relative_to(self.index.libs_dir.resolve()):
                 return self._file(file, _sha256_of(file), m["file"])
+        m = STATIC.match(path)
+        if m is not None:
+            root = self.page.webllm_dir if m["root"] == "vendor/web-llm" else self.page.prebuilt_dir
+            if root is not None and ".." not in m["file"].split("/"):
+                file = (Path(root) / m["file"]).resolve()
+                if file.is_file() and file.is_relative_to(Path(root).resolve()):
+                    return self._file(file, _sha256_of(file), m["file"])
         return self._error(404, f"not found: {path}")
 
-    def _listing(self) -> None:
-        repos = self.index.repos()
+    def _base_url(self) -> str:
         host = self.headers.get("host") or "%s:%d" % self.server.server_address[:2]
-        doc = [{"id": repo, "artifact": name, "url": f"http://{host}/{repo}"} for repo, name in sorted(repos.items())]
-        body = (json.dumps(doc, indent=2) + "\n").encode()
-        self._headers(200, {"Content-Type": "application/json", "Content-Length": len(body)})
+        return f"http://{host}"
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self._headers(200, {"Content-Type": content_type, "Content-Length": len(body), "Cache-Control": "no-cache"})
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _page(self) -> None:
+        self._send(PAGE_FILE.read_bytes(), CONTENT_TYPES[".html"])
+
+    def _listing(self) -> None:
+        doc = {"webllm_url": self.page.module_url(), "webllm_version": WEBLLM_VERSION,
+               "models": self.index.models(self._base_url(), self.page)}
+        self._send((json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
     def _file(self, file: Path, etag: str, name: str, extra: dict | None = None) -> None:
         size = file.stat().st_size
@@ -211,11 +328,13 @@ class ShareHandler(BaseHTTPRequestHandler):
                 pass  # the client went away (e.g. it only wanted the first bytes)
 
 
-def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    handler = type("BoundShareHandler", (ShareHandler,), {"index": index})
+def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765,
+                page: PageOptions | None = None) -> ThreadingHTTPServer:
+    handler = type("BoundShareHandler", (ShareHandler,), {"index": index, "page": page or PageOptions()})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
 
-__all__ = ["ArtifactIndex", "ShareHandler", "make_server", "parse_range", "CORS_HEADERS"]
+__all__ = ["ArtifactIndex", "PageOptions", "ShareHandler", "make_server", "parse_range", "library_url",
+           "CORS_HEADERS", "WEBLLM_CDN", "WEBLLM_VERSION"]
