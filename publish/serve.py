@@ -133,6 +133,7 @@ class ArtifactIndex:
 
     def models(self, base_url: str, page: PageOptions) -> list[dict]:
         """One entry per served repo for the chat page: what a WebLLM ModelRecord needs."""
+        webllm_version = webllm_version_of(page)
         out = []
         for repo, name in sorted(self.repos().items()):
             root = self._resolve(name)
@@ -142,43 +143,86 @@ class ArtifactIndex:
             except (OSError, ValueError):
                 continue  # half-written or broken: `personalize verify` reports it
             commit = self.commit(repo, name)
-            lib = library_url(lineage.get("library"), base_url, page.prebuilt_dir)
+            library = prebuilt_library(lineage, webllm_version)
             quant = chat.get("quantization") or lineage.get("quantization")
+            features = (library or {}).get("required_features")
             out.append({
                 "id": repo, "name": name, "commit": commit,
                 "model_type": chat.get("model_type") or lineage.get("model_type"), "quantization": quant,
                 # pinned to the commit: WebLLM uses a URL with /resolve/<rev>/ as given and caches by URL
                 "model_url": f"{base_url}/{repo}/resolve/{commit}/",
                 "model_id": f"{name}@{(commit or 'main')[:12]}",
-                "model_lib": lib,
-                "context_window_size": _library_context(lineage.get("library"), chat),
-                "required_features": ["shader-f16"] if quant and "f16" in quant else [],
+                "model_lib": library_url(library, base_url, page.prebuilt_dir),
+                "webllm_range": (library or {}).get("webllm_range"),
+                "context_window_size": _library_context(library, chat),
+                "required_features": features if isinstance(features, list) else
+                                     (["shader-f16"] if quant and "f16" in quant else []),
             })
         return out
 
 
-def library_url(library: Any, base_url: str, prebuilt_dir: Path | None) -> str | None:
-    """The WebGPU library an artifact runs on, from what `add` recorded in personalize.json (`library`).
+def webllm_version_of(page: "PageOptions") -> str | None:
+    """The web-llm version the page imports: the local package's, or the one a CDN URL names."""
+    if page.webllm_dir is not None:
+        try:
+            return json.loads((Path(page.webllm_dir) / "package.json").read_text()).get("version")
+        except (OSError, ValueError):
+            return None
+    m = re.search(r"web-llm@(\d+\.\d+\.\d+)", page.webllm_url)
+    return m.group(1) if m else None
 
-    A file of that name under `prebuilt_dir` wins (served at /prebuilt/), so the page works offline.
-    """
-    if isinstance(library, str):
-        library = {"url": library}
-    if not isinstance(library, dict):
+
+def _in_range(version: str | None, spec: Any) -> bool:
+    """'>=0.2.51 <=0.2.79' style ranges (what the catalog records); no version or no range: True."""
+    if not version or not isinstance(spec, str):
+        return True
+    v = tuple(int(x) for x in version.split("."))
+    for part in spec.split():
+        m = re.fullmatch(r"(>=|<=|>|<|=)?(\d+\.\d+\.\d+)", part)
+        if not m:
+            continue
+        w = tuple(int(x) for x in m.group(2).split("."))
+        op = m.group(1) or "="
+        if not {">=": v >= w, "<=": v <= w, ">": v > w, "<": v < w, "=": v == w}[op]:
+            return False
+    return True
+
+
+def prebuilt_library(lineage: dict, webllm_version: str | None) -> dict | None:
+    """The prebuilt library `add` recorded (personalize.json `prebuilt_library`, with the other library
+    directories it is also in) that the page's web-llm version loads: {"library", "url", ...} or None."""
+    rec = lineage.get("prebuilt_library") or lineage.get("library")
+    if isinstance(rec, str):
+        rec = {"url": rec}
+    if not isinstance(rec, dict) or not (rec.get("url") or isinstance(rec.get("library"), str)):
         return None
-    url = next((library[k] for k in ("wasm_url", "url", "model_lib") if isinstance(library.get(k), str)), None)
-    fname = library.get("wasm") or library.get("file") or (url.rsplit("/", 1)[-1] if url else None)
-    if prebuilt_dir is not None and isinstance(fname, str) and fname.endswith(".wasm"):
+    candidates = [rec] + [c for c in rec.get("also_in") or [] if isinstance(c, dict)]
+    fits = [c for c in candidates if _in_range(webllm_version, c.get("webllm_range"))]
+    return {**rec, **fits[0]} if fits else None
+
+
+def library_url(library: dict | None, base_url: str, prebuilt_dir: Path | None) -> str | None:
+    """Its URL; a file of the same relative path (e.g. v0_2_48/X.wasm) or name under `prebuilt_dir` wins
+    (served at /prebuilt/), so the page works offline."""
+    if not library:
+        return None
+    url = library.get("url")
+    rel = library.get("library") if isinstance(library.get("library"), str) else None
+    name = Path(rel or url or "").name
+    if prebuilt_dir is not None and name.endswith(".wasm"):
         root = Path(prebuilt_dir).resolve()
-        hits = sorted(p for p in root.rglob("*.wasm") if p.name == Path(fname).name and p.is_file())
+        exact = (root / rel).resolve() if rel else None
+        if exact is not None and exact.is_file() and exact.is_relative_to(root):
+            return f"{base_url}/prebuilt/{exact.relative_to(root).as_posix()}"
+        hits = sorted(p for p in root.rglob("*.wasm") if p.name == name and p.is_file())
         if hits:
             return f"{base_url}/prebuilt/{hits[0].relative_to(root).as_posix()}"
     return url
 
 
-def _library_context(library: Any, chat: dict) -> int:
-    """The KV cache size for WebLLM: the library's compiled context (MLC's own records use it)."""
-    if isinstance(library, dict) and isinstance(library.get("context_window_size"), int):
+def _library_context(library: dict | None, chat: dict) -> int:
+    """The KV cache size for WebLLM: the context MLC's own records use with that library."""
+    if library and isinstance(library.get("context_window_size"), int) and library["context_window_size"] > 0:
         return library["context_window_size"]
     return min(int(chat.get("context_window_size") or 4096), 4096)  # MLC's WebGPU libraries are ctx4k
 
@@ -336,5 +380,5 @@ def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765,
     return server
 
 
-__all__ = ["ArtifactIndex", "PageOptions", "ShareHandler", "make_server", "parse_range", "library_url",
+__all__ = ["ArtifactIndex", "PageOptions", "ShareHandler", "make_server", "parse_range", "library_url", "prebuilt_library",
            "CORS_HEADERS", "WEBLLM_CDN", "WEBLLM_VERSION"]

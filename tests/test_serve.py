@@ -118,7 +118,7 @@ def _page_server(home, tmp_path, library):
 
     art = make_fake_artifact(home / "artifacts" / "tiny", name="tiny")
     lineage = json.loads((art / "personalize.json").read_text())
-    lineage["library"] = library
+    lineage["prebuilt_library"] = library
     (art / "personalize.json").write_text(json.dumps(lineage))
     webllm = tmp_path / "web-llm"
     (webllm / "lib").mkdir(parents=True)
@@ -134,9 +134,18 @@ def _page_server(home, tmp_path, library):
     return server
 
 
+NEW_DIR = {"library": "v0_2_86/base/Lib-q0f16_cs1k-webgpu.wasm", "webllm_range": ">=0.2.86 <=0.2.86",
+           "url": "https://example.org/v0_2_86/base/Lib-q0f16_cs1k-webgpu.wasm", "context_window_size": 4096,
+           "required_features": ["shader-f16"]}
+OLD_DIR = {"library": "v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm", "webllm_range": ">=0.2.51 <=0.2.79",
+           "url": "https://example.org/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm"}
+
+
 @pytest.mark.parametrize("library,expect", [
-    ({"wasm": "Lib-q0f16-ctx4k_cs1k-webgpu.wasm", "url": "https://example.org/x/Lib-q0f16-ctx4k_cs1k-webgpu.wasm",
-      "context_window_size": 4096}, "/prebuilt/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm"),
+    # what `add` records: the newest directory first, the others in also_in; web-llm 0.2.79 loads v0_2_48,
+    # which the local mirror has
+    ({**NEW_DIR, "also_in": [OLD_DIR]}, "/prebuilt/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm"),
+    (NEW_DIR, None),  # only in a directory web-llm 0.2.79 cannot load
     ({"url": "https://example.org/x/Other-webgpu.wasm"}, "https://example.org/x/Other-webgpu.wasm"),
 ])
 def test_page_serves_local_webllm_and_prebuilt_mirror(home, tmp_path, library, expect):
@@ -146,10 +155,11 @@ def test_page_serves_local_webllm_and_prebuilt_mirror(home, tmp_path, library, e
         doc = json.loads(request(port, "GET", "/api/models")[2])
         assert doc["webllm_url"] == "/vendor/web-llm/lib/index.js"
         (tiny,) = doc["models"]
-        want = expect if expect.startswith("https://") else f"http://127.0.0.1:{port}{expect}"
+        want = expect if expect is None or expect.startswith("https://") else f"http://127.0.0.1:{port}{expect}"
         assert tiny["model_lib"] == want
-        if "context_window_size" in library:
-            assert tiny["context_window_size"] == 4096
+        if expect and "also_in" in library:
+            assert tiny["webllm_range"] == ">=0.2.51 <=0.2.79" and tiny["context_window_size"] == 4096
+            assert tiny["required_features"] == ["shader-f16"]
         status, headers, body = request(port, "GET", "/vendor/web-llm/lib/index.js")
         assert status == 200 and headers["content-type"].startswith("text/javascript") and b"fake" in body
         status, headers, body = request(port, "GET", "/prebuilt/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm")
