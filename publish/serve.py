@@ -4,7 +4,9 @@ Repos are `local/<name>` for every artifact, plus the repo id each one was last 
 `cleanModelUrl` (which appends `/resolve/main/`) and the MLC apps can fetch from it unchanged. Only
 files listed in the artifact's personalize.json (and personalize.json itself) are served, so no
 request can reach outside the artifact. GET and HEAD, single byte ranges (206 / 416), ETag = the
-sha256 from personalize.json (If-None-Match -> 304), CORS for browsers (WebLLM fetches cross-origin).
+sha256 from personalize.json (If-None-Match, strong or weak `W/"..."` -> 304), CORS for browsers
+(WebLLM fetches cross-origin). Connections are handled by a bounded worker pool and each one has a
+socket timeout, so slow or half-sent requests cannot pile up threads or hold a worker forever.
 `/libs/<file>` serves compiled libraries (e.g. a WebGPU .wasm) from the registry's libs/ directory.
 
 Revisions: `main`, and the commit advertised in X-Repo-Commit (for `local/<name>` the sha1 of the
@@ -20,17 +22,22 @@ unless `PageOptions.webllm_dir` names a local copy (served at `/vendor/web-llm/`
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from .hub import LINEAGE_FILE, read_published
+from artifacts import Artifact, sha256_file
+from artifacts.format import LINEAGE_JSON
+from personalize_errors import UserError
+from registry.store import read_published
 
 # The last web-llm release that loads MLC's v0_2_48 libraries (and reads ndarray-cache.json).
 WEBLLM_VERSION = "0.2.79"
@@ -66,6 +73,9 @@ class PageOptions:
     def module_url(self) -> str:
         return "/vendor/web-llm/lib/index.js" if self.webllm_dir else self.webllm_url
 CHUNK = 1 << 20
+WORKERS = 32  # connections served at once (a browser opens ~6 per host); more wait in the queue
+BACKLOG = 256  # connections accepted but waiting for a worker; beyond that new ones are closed at once
+TIMEOUT_S = 30.0  # per socket operation: an idle keep-alive or half-sent request frees its worker after this
 
 
 class ArtifactIndex:
@@ -99,8 +109,8 @@ class ArtifactIndex:
         if repo == pushed.get("repo_id") and pushed.get("commit"):
             return pushed["commit"]
         try:
-            return hashlib.sha1((self._resolve(name) / LINEAGE_FILE).read_bytes()).hexdigest()
-        except OSError:
+            return Artifact(self._resolve(name)).revision
+        except (UserError, OSError):
             return None
 
     def revisions(self, repo: str, name: str) -> set[str]:
@@ -115,33 +125,32 @@ class ArtifactIndex:
         name = self.repos().get(repo)
         if name is None or rev not in self.revisions(repo, name):
             return None
-        root = self._resolve(name)
-        try:
-            raw = (root / LINEAGE_FILE).read_bytes()
-            lineage = json.loads(raw)
-        except (OSError, ValueError):
+        try:  # the registry may change under us (rm, a replace): a vanished artifact is a 404, not a crash
+            artifact = Artifact(self._resolve(name))
+            files = artifact.files
+            revision = artifact.revision
+        except (UserError, OSError):
             return None
-        files = lineage.get("files") or {}
-        if file != LINEAGE_FILE and file not in files:
+        root = artifact.path
+        if file != LINEAGE_JSON and file not in files:
             return None  # only listed files: this is what rules out '..', absolute paths and symlinks out
         path = (root / file).resolve()
         if not path.is_relative_to(root.resolve()) or not path.is_file():
             return None
         # huggingface_hub clients require a commit id; the pushed commit when the files are that commit's.
-        commit = self.commit(repo, name) or hashlib.sha1(raw).hexdigest()
-        return path, (files.get(file) if file != LINEAGE_FILE else None), commit
+        commit = self.commit(repo, name) or revision
+        return path, (files.get(file) if file != LINEAGE_JSON else None), commit
 
     def models(self, base_url: str, page: PageOptions) -> list[dict]:
         """One entry per served repo for the chat page: what a WebLLM ModelRecord needs."""
         webllm_version = webllm_version_of(page)
         out = []
         for repo, name in sorted(self.repos().items()):
-            root = self._resolve(name)
             try:
-                lineage = json.loads((root / LINEAGE_FILE).read_text())
-                chat = json.loads((root / "mlc-chat-config.json").read_text())
-            except (OSError, ValueError):
-                continue  # half-written or broken: `personalize verify` reports it
+                artifact = Artifact(self._resolve(name))
+                lineage, chat = artifact.lineage, artifact.chat_config
+            except (UserError, OSError, ValueError):
+                continue  # vanished, half-written or broken: `personalize verify` reports it
             commit = self.commit(repo, name)
             library = prebuilt_library(lineage, webllm_version)
             quant = chat.get("quantization") or lineage.get("quantization")
@@ -227,19 +236,24 @@ def _library_context(library: dict | None, chat: dict) -> int:
     return min(int(chat.get("context_window_size") or 4096), 4096)  # MLC's WebGPU libraries are ctx4k
 
 
-_etag_cache: dict[tuple[str, int, int], str] = {}
 
 
 def _sha256_of(path: Path) -> str:
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _etag_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                h.update(block)
-        _etag_cache[key] = h.hexdigest()
-    return _etag_cache[key]
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)  # keyed by size and mtime, so a changed file is hashed again
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def etag_matches(if_none_match: str | None, quoted: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"x" matches "x"."""
+    if not if_none_match:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or quoted in [t[2:] if t.startswith("W/") else t for t in tags]
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
@@ -291,6 +305,12 @@ class ShareHandler(BaseHTTPRequestHandler):
         self._serve()
 
     def _serve(self) -> None:
+        try:
+            self._route()
+        except FileNotFoundError:  # removed between lookup and open (rm, a replace): nothing was sent yet
+            self._error(404, f"not found: {unquote(urlsplit(self.path).path)}")
+
+    def _route(self) -> None:
         raw = urlsplit(self.path).path
         path = unquote(raw)
         if path in ("/", "/index.html"):
@@ -332,7 +352,7 @@ class ShareHandler(BaseHTTPRequestHandler):
         self._send(PAGE_FILE.read_bytes(), CONTENT_TYPES[".html"])
 
     def _listing(self) -> None:
-        doc = {"webllm_url": self.page.module_url(), "webllm_version": WEBLLM_VERSION,
+        doc = {"webllm_url": self.page.module_url(), "webllm_version": webllm_version_of(self.page),
                "models": self.index.models(self._base_url(), self.page)}
         self._send((json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
@@ -341,8 +361,7 @@ class ShareHandler(BaseHTTPRequestHandler):
         quoted = f'"{etag}"'
         base = {**(extra or {}), "ETag": quoted, "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
                 "Content-Type": CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")}
-        inm = self.headers.get("If-None-Match")
-        if inm and (inm.strip() == "*" or quoted in [t.strip() for t in inm.split(",")]):
+        if etag_matches(self.headers.get("If-None-Match"), quoted):
             return self._headers(304, {**base, "Content-Length": 0})
         wanted = parse_range(self.headers.get("Range", ""), size)
         if_range = self.headers.get("If-Range")
@@ -358,7 +377,12 @@ class ShareHandler(BaseHTTPRequestHandler):
         self._headers(status, {**base, "Content-Length": length})
         if self.command == "HEAD" or length == 0:
             return
-        with open(file, "rb") as f:
+        try:
+            f = open(file, "rb")
+        except FileNotFoundError:  # headers are out: end the connection rather than send a wrong body
+            self.close_connection = True
+            return
+        with f:
             f.seek(start)
             remaining = length
             try:
@@ -368,17 +392,44 @@ class ShareHandler(BaseHTTPRequestHandler):
                         break
                     self.wfile.write(block)
                     remaining -= len(block)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client went away (e.g. it only wanted the first bytes)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True  # the client went away or stalled (e.g. it only wanted the start)
 
 
-def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765,
-                page: PageOptions | None = None) -> ThreadingHTTPServer:
-    handler = type("BoundShareHandler", (ShareHandler,), {"index": index, "page": page or PageOptions()})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+class PooledHTTPServer(HTTPServer):
+    """HTTPServer whose connections run on a fixed pool of worker threads (not a thread per connection)."""
+
+    def __init__(self, address, handler, *, workers: int = WORKERS, backlog: int = BACKLOG):
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="personalize-serve")
+        self._slots = threading.BoundedSemaphore(workers + backlog)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):  # overloaded: refuse now rather than queue without end
+            self.shutdown_request(request)
+            return
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one bad connection never stops the server
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ArtifactIndex", "PageOptions", "ShareHandler", "make_server", "parse_range", "library_url", "prebuilt_library",
-           "CORS_HEADERS", "WEBLLM_CDN", "WEBLLM_VERSION"]
+def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765, *, page: PageOptions | None = None,
+                workers: int = WORKERS, timeout: float = TIMEOUT_S) -> PooledHTTPServer:
+    handler = type("BoundShareHandler", (ShareHandler,),
+                   {"index": index, "timeout": timeout, "page": page or PageOptions()})
+    return PooledHTTPServer((host, port), handler, workers=workers)
+
+
+__all__ = ["ArtifactIndex", "PageOptions", "PooledHTTPServer", "ShareHandler", "etag_matches", "make_server",
+           "parse_range", "library_url", "prebuilt_library", "CORS_HEADERS", "WEBLLM_CDN", "WEBLLM_VERSION"]

@@ -138,7 +138,7 @@ def test_gate_fails_a_wrong_merge(home, tmp_path, base, monkeypatch):
         out = original(adapter_obj, name, arr)
         return arr.astype(np.float32) + 4.0 * (out - arr.astype(np.float32))  # alpha/r instead of alpha/sqrt(r)
 
-    monkeypatch.setattr("personalize.adapter_pipeline.merge_tensor", wrong)
+    monkeypatch.setattr("personalize.adapter_steps.merge_tensor", wrong)
     code, _, err = run_cli("add", str(adapter), "--base", str(base), "-q", "q0f32", "--name", "bad")
     assert code == 2, err
     assert "equivalence gate failed" in err
