@@ -382,3 +382,13 @@ def test_cli_serve_subprocess(home):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("flag,value,words", [("--webllm", "{tmp}", "not a web-llm package"),
+                                              ("--prebuilt", "{tmp}/nope", "no directory")])
+def test_cli_serve_refuses_bad_page_options(home, tmp_path, flag, value, words):
+    from conftest import run_cli
+
+    code, out, err = run_cli("serve", "--port", "0", flag, value.format(tmp=tmp_path),
+                             env={"PERSONALIZE_HOME": str(home)})
+    assert code == 2 and words in err and "Traceback" not in err
