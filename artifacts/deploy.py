@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from .errors import ArtifactError
+from .format import MLC_CHAT_CONFIG_JSON
 from .tensor_cache import numpy_dtype, parameter_bytes
 
 LOW_RESOURCE_MIB = 2048  # WebLLM marks models that fit in about 2 GB as low_resource_required
@@ -61,7 +62,7 @@ def estimate_vram(chat_config: dict, tensor_cache: dict) -> VramEstimate:
     def field(key: str, default: Any = None) -> Any:
         value = mc.get(key, chat_config.get(key, default))
         if value is None:
-            raise ArtifactError(f"mlc-chat-config.json has no {key}", hint="re-create the artifact with `personalize add`")
+            raise ArtifactError(f"{MLC_CHAT_CONFIG_JSON} has no {key}", hint="re-create the artifact with `personalize add`")
         return value
 
     dtype = model_dtype(chat_config.get("quantization", ""))

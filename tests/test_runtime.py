@@ -218,7 +218,7 @@ def test_range_scales_use_code_15_and_the_library_decodes_it(home, tiny_llama, t
 
     art = add_source(tiny_llama, evaluate=False, quantization="q4f32_1", output=tmp_path / "range",
                      scales="range").path
-    tensors = read_artifact_tensors(art)
+    tensors = read_tensor_cache(art)
     codes = np.concatenate([((t[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 15).ravel()
                             for n, t in tensors.items() if n.endswith("q_weight")])
     assert (codes == 15).any()

@@ -17,9 +17,11 @@ from publish import hub as hubmod
 from registry import store
 from publish.serve import ArtifactIndex, make_server, parse_range
 from registry.store import Registry
+from tests.hub_env import clean_hf_env  # noqa: F401 - fixture
 from tests.hub_stub import make_fake_artifact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("clean_hf_env")  # a huggingface_hub client downloads from serve
 
 
 @pytest.fixture

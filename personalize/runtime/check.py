@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from artifacts import Artifact
+from artifacts.format import MLC_CHAT_CONFIG_JSON
 from personalize.arch import ArchitectureError, library_key
 from personalize.library.from_chat_config import library_config_from_chat_config
 
@@ -21,7 +22,7 @@ def resolve_shape(shape: list, chat_config: dict[str, Any], path: str) -> list[i
     for dim in shape:
         if isinstance(dim, str):
             if not isinstance(chat_config.get(dim), int):
-                raise ArtifactMismatchError(f"mlc-chat-config.json lacks {dim!r}, needed by the library",
+                raise ArtifactMismatchError(f"{MLC_CHAT_CONFIG_JSON} lacks {dim!r}, needed by the library",
                                             path=path, field=dim, hint="regenerate the artifact")
             dim = chat_config[dim]
         out.append(int(dim))
@@ -57,7 +58,7 @@ def check_artifact(metadata: dict[str, Any], artifact: Artifact) -> None:
     if chat_config.get("vocab_size") != config.vocab_size:
         raise ArtifactMismatchError(
             f"vocab_size {chat_config.get('vocab_size')} differs from model_config.vocab_size {config.vocab_size}",
-            path=cfg_path, field="vocab_size", hint="regenerate mlc-chat-config.json")
+            path=cfg_path, field="vocab_size", hint=f"regenerate {MLC_CHAT_CONFIG_JSON}")
     if metadata.get("library_key") not in (None, library_key(config, metadata["quantization"])):
         raise ArtifactMismatchError("the artifact's library key differs from the library's", path=cfg_path,
                                     field="library_key", hint=lib_hint)
