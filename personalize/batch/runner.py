@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.store import Registry, record_push
+from registry.store import Registry, pause_point, record_push
 
 from .base import PreparedBase, prepare_base
 from .content import source_content_sha256
@@ -25,6 +26,7 @@ from .jobs import Job, JobResult
 from .manifest import Manifest, Variant, read_manifest
 
 PUSH_THREADS = 2
+FINAL = ("delivered", "skipped", "failed", "interrupted")
 
 
 @dataclass
@@ -136,18 +138,27 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
 
     def on_event(index: int, kind: str, value: Any) -> None:
         o = by_index[index]
-        if kind == "stage":
-            o.status = "running"
-            o.stage = None if value == "start" else value
+        with status_lock:
+            if o.status in FINAL:
+                return  # the worker's progress queue may trail its result
+            if kind == "stage":
+                o.status = "running"
+                o.stage = None if value == "start" else value
         display.event(o, kind, value)
+
+    delivered = [0]
+    status_lock = threading.Lock()
 
     def on_result(result: JobResult) -> None:
         o = by_index[result.index]
-        _apply(o, result)
+        with status_lock:
+            _apply(o, result)
         if result.ok:
             log.append("delivered", o.key, name=o.name, path=o.path, size_bytes=o.size_bytes, eval=o.eval,
                        seconds=o.seconds, source=o.source, quantization=o.quantization,
                        reused_params=result.reused_params, worker=result.worker)
+            delivered[0] += 1
+            pause_point(f"batch-delivered-{delivered[0]}")  # tests only: kill the batch at a known point
             push_later(o)
         else:
             log.append("failed", o.key, name=o.name, stage=o.stage, error=o.error, source=o.source,

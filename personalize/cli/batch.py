@@ -135,7 +135,7 @@ def _print_table(report) -> None:
         status = {"delivered": "[green]delivered", "skipped": "[green]already delivered"}.get(
             row["status"], f"[red]{row['status']}" + (f" ({row['stage']})" if row["stage"] else ""))
         push = (o.push or {}).get("status", "-") if o.push_repo else "-"
-        table.add_row(o.name, status, f"{o.size_bytes / 2**20:.1f} MiB" if o.size_bytes else "-", gate,
+        table.add_row(o.name, status, _size(o.size_bytes), gate,
                       f"{o.seconds:.1f} s" if o.seconds else "-", push)
     stderr.print(table)
     for o in report.failed:
@@ -146,3 +146,9 @@ def _print_table(report) -> None:
     if report.outputs.get("variants"):
         stderr.print(f"WebLLM appConfig: {report.outputs['app_config']}; "
                      f"mlc-package-config.json: {report.outputs['mlc_package_config']}")
+
+
+def _size(n: int) -> str:
+    if not n:
+        return "-"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
