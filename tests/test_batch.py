@@ -269,20 +269,36 @@ def test_worker_count_fits_in_memory():
 
 
 def test_ray_local_cluster(home, tmp_path, workdir, hub, monkeypatch):
-    """The same jobs on a Ray cluster started in-process on 127.0.0.1: converted, verified, pushed."""
-    pytest.importorskip("ray")
+    """The same jobs on a Ray cluster started in-process on 127.0.0.1: converted, verified, pushed; then,
+    on the same cluster, a job that returns its artifact as files (the no-shared-disk path)."""
+    ray = pytest.importorskip("ray")
     from personalize.batch import run_batch
 
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     manifest = write_manifest(tmp_path, f"base: {workdir / 'base'}\neval: false\npush: alice/{{name}}\n"
                                         f"variants:\n  - source: {workdir / 'adapters'}/*\n")
-    report = run_batch(manifest, jobs=2, ray=True, out_dir=tmp_path / "apps")
-    assert report.executor.startswith("Ray (a local cluster)")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        report = run_batch(manifest, jobs=2, ray=True, out_dir=tmp_path / "apps")
+        moved = write_manifest(tmp_path, f"base: {workdir / 'base'}\neval: false\nvariants:\n"
+                                         f"  - {{source: {workdir / 'adapters' / 'bob'}, name: bob-moved}}\n",
+                               name="moved.yaml")
+        moved_report = run_batch(moved, jobs=1, ray=True, transfer=True, out_dir=tmp_path / "apps2")
+    finally:
+        ray.shutdown()
+    assert report.executor.startswith("Ray")
     assert [o.status for o in report.outcomes] == ["delivered"] * len(ADAPTERS), [o.error for o in report.outcomes]
-    workers = {r["worker"].split(":")[1] for r in log_records(home) if r["event"] == "delivered"}
-    assert str(os.getpid()) not in workers  # converted in Ray's worker processes, not here
+    delivered = [r for r in log_records(home) if r["event"] == "delivered"]
+    assert str(os.getpid()) not in {r["worker"].split(":")[1] for r in delivered}  # Ray's workers converted them
     for o in report.outcomes:
         assert verify_artifact(Path(o.path)) == [] and o.push["status"] == "pushed"
         assert "personalize.json" in hub.files(f"alice/{o.name}")
-    assert all(r["reused_params"] > 0 for r in log_records(home) if r["event"] == "delivered")
+    assert all(r["reused_params"] > 0 for r in delivered if r["name"] != "bob-moved")
+    # transfer: the worker converted privately and sent the files; the parent's copy verifies and equals
+    # the shared-disk conversion of the same adapter tensor for tensor
+    (o,) = moved_report.outcomes
+    assert o.status == "delivered" and o.path == str(home / "artifacts" / "bob-moved"), o.error
+    assert verify_artifact(Path(o.path)) == []
+    a, b = dict(iter_tensors(Path(o.path))), dict(iter_tensors(home / "artifacts" / "bob-q4f16_1"))
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)

@@ -100,7 +100,9 @@ class NullDisplay:
 
 def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: bool = False,
               ray_address: str | None = None, out_dir: Path | None = None, display=None,
-              registry: Registry | None = None) -> BatchReport:
+              registry: Registry | None = None, transfer: bool = False) -> BatchReport:
+    """Deliver every variant of the manifest (see the module doc). `transfer`: Ray workers return the
+    artifacts as files instead of writing into the registry (forced; otherwise only without a shared disk)."""
     t0 = time.perf_counter()
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     display = display or NullDisplay()
@@ -117,7 +119,7 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
     per_worker = estimate_worker_bytes(base_bytes, evaluate=bool(gate_quants))
     workers, note = memory_capped_jobs(jobs, per_worker)
     workers = min(workers, max(1, len(job_list)))
-    executor = (RayExecutor(ray_address, workers, per_worker, registry.home) if ray
+    executor = (RayExecutor(ray_address, workers, per_worker, registry.home, transfer=transfer) if ray
                 else ProcessExecutor(workers))
     report = BatchReport(str(manifest.path), executor.describe(), note, base, outcomes, log=str(log.path))
     by_index = {o.index: o for o in outcomes}
@@ -151,6 +153,10 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
 
     def on_result(result: JobResult) -> None:
         o = by_index[result.index]
+        if result.files is not None:  # a worker without the registry's disk sent the artifact back
+            from .jobs import materialize
+
+            materialize(result, registry, overwrite=manifest.force or o.mode == "adopt")
         with status_lock:
             _apply(o, result)
         if result.ok:

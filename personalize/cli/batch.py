@@ -139,13 +139,13 @@ def _print_table(report) -> None:
                       f"{o.seconds:.1f} s" if o.seconds else "-", push)
     stderr.print(table)
     for o in report.failed:
-        stderr.print(f"[red]{o.name}[/red]: {o.error}")
+        stderr.print(f"[red]{o.name}[/red]: {o.error}", soft_wrap=True)  # one greppable line per failure
     counts = report.to_json()["counts"]
     stderr.print(f"{counts['delivered']} delivered, {counts['skipped']} already delivered, {counts['failed']} failed "
-                 f"in {report.wall_s:.1f} s ({report.workers_note}); log {report.log}")
+                 f"in {report.wall_s:.1f} s ({report.workers_note}); log {report.log}", soft_wrap=True)
     if report.outputs.get("variants"):
         stderr.print(f"WebLLM appConfig: {report.outputs['app_config']}; "
-                     f"mlc-package-config.json: {report.outputs['mlc_package_config']}")
+                     f"mlc-package-config.json: {report.outputs['mlc_package_config']}", soft_wrap=True)
 
 
 def _size(n: int) -> str:
