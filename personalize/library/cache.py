@@ -32,7 +32,7 @@ def _tvm_tag() -> str:
 
 
 # Bumped whenever the graph or its kernels change, so a cached library from older code is not reused.
-GRAPH_VERSION = "g6"
+GRAPH_VERSION = "g7"
 
 
 def library_filename(key: str, quantization: str, model_type: str, target: str) -> str:
