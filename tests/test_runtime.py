@@ -27,6 +27,10 @@ IDS = [5, 17, 99, 3, 250, 11, 42, 7, 300, 1, 64, 128]
 def home(tmp_path_factory):
     """One $PERSONALIZE_HOME for the module, so each library is compiled once."""
     h = tmp_path_factory.mktemp("runtime-home")
+    shared_libs = os.environ.get("PERSONALIZE_TEST_LIBS")
+    if shared_libs:  # libraries are keyed by content (and graph version): safe to share across runs
+        Path(shared_libs).mkdir(parents=True, exist_ok=True)
+        (h / "libs").symlink_to(shared_libs)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PERSONALIZE_HOME", str(h))
         yield h
@@ -64,7 +68,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2", "tiny_qwen3",
+                                     "tiny_gemma2", "tiny_phi3"])
 def test_q0f32_logits_match_transformers(fixture, request, artifacts):
     src = request.getfixturevalue(fixture)
     model = load(artifacts(src, "q0f32"))
@@ -75,7 +80,7 @@ def test_q0f32_logits_match_transformers(fixture, request, artifacts):
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_gemma2", "tiny_phi3"])
 def test_greedy_tokens_match_transformers(fixture, request, artifacts):
     from transformers import AutoModelForCausalLM
 
@@ -189,7 +194,7 @@ def dequantize_nk(q_weight: np.ndarray, q_scale: np.ndarray, k: int, bits=4, gro
 def hf_state_from_artifact(artifact: Path, hf_config: dict) -> dict[str, torch.Tensor]:
     """Undo fusion and quantization: the HF state dict the library effectively computes with."""
     h, kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
-    d = hf_config["hidden_size"] // h
+    d = hf_config.get("head_dim") or hf_config["hidden_size"] // h
     tensors = read_artifact_tensors(artifact)
     dense: dict[str, np.ndarray] = {}
     for name, arr in tensors.items():

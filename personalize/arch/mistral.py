@@ -5,8 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .base import (Architecture, ArchitectureError, LibraryConfig, compiled_subset, context_window, require,
-                   rope_from_hf, standard_layout)
+from .base import (
+    Architecture,
+    ArchitectureError,
+    LibraryConfig,
+    compiled_subset,
+    context_window,
+    require,
+    rope_from_hf,
+    standard_layout,
+)
 from .layout import DecoderLayout
 from .llama import COMMON_KEYS, heads
 
