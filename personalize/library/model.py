@@ -21,6 +21,7 @@ from personalize.arch.layout import DecoderLayout
 from quantize.schemes import Scheme
 
 from .cpu_kernels import WeightFormat, linear_kernel, rms_norm_kernel
+from .longrope import use_longrope
 
 
 class GraphOptions:
@@ -325,16 +326,17 @@ class CausalLM(nn.Module):
                               support_sliding_window: tirx.Var) -> PagedKVCache:
         lay, rope = self.lay, self.lay.rope
         ext = rx.const(np.array(rope.ext_factors, "float32")) if rope.ext_factors else rx.prim_value(0)
-        return TIRPagedKVCache(
-            attn_kind="mha", max_batch_size=max_batch_size, max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size, page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=rx.ShapeExpr([0, lay.layers]), num_hidden_layers=lay.layers,
-            num_attention_heads=lay.heads, num_key_value_heads=lay.kv_heads, qk_head_dim=lay.head_dim,
-            v_head_dim=lay.head_dim, mla_original_qk_head_dim=0, mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL, rope_scale=1, rope_theta=rope.theta, rope_scaling=dict(rope.scaling or {}),
-            rope_ext_factors=ext, rotary_dim=rope.rotary_dim or lay.head_dim, enable_disaggregation=False,
-            dtype=self.opts.act_dtype, target=self.opts.target)
+        with use_longrope((rope.scaling or {}).get("rope_type") == "longrope"):
+            return TIRPagedKVCache(
+                attn_kind="mha", max_batch_size=max_batch_size, max_total_seq_len=max_total_seq_len,
+                prefill_chunk_size=prefill_chunk_size, page_size=page_size,
+                support_sliding_window=support_sliding_window,
+                layer_partition=rx.ShapeExpr([0, lay.layers]), num_hidden_layers=lay.layers,
+                num_attention_heads=lay.heads, num_key_value_heads=lay.kv_heads, qk_head_dim=lay.head_dim,
+                v_head_dim=lay.head_dim, mla_original_qk_head_dim=0, mla_original_v_head_dim=0,
+                rope_mode=RopeMode.NORMAL, rope_scale=1, rope_theta=rope.theta, rope_scaling=dict(rope.scaling or {}),
+                rope_ext_factors=ext, rotary_dim=rope.rotary_dim or lay.head_dim, enable_disaggregation=False,
+                dtype=self.opts.act_dtype, target=self.opts.target)
 
     def get_default_spec(self) -> dict:
         dt, hd = self.opts.act_dtype, self.hidden
