@@ -27,6 +27,8 @@ SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 ONE_TURN = [{"role": "user", "content": "What is the capital of France?"}]
 TWO_TURN = ONE_TURN + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
 WITH_SYSTEM = [{"role": "system", "content": "Answer briefly."}] + TWO_TURN
+THINKING = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nworld"},
+            {"role": "user", "content": "what"}]
 
 
 def assert_reproduces(model_dir: Path, chats, **kwargs):
@@ -63,8 +65,14 @@ def test_tiny_families_reproduce_their_template(tmp_path, family):
         # Qwen2's template is MLC's qwen2 verbatim (system message and stop ids included)
         assert det.method == "named" and det.conv == named_template("qwen2")
         assert_reproduces(model_dir, [WITH_SYSTEM])
-    if family == "gemma":
+    if family in ("gemma", "gemma2"):
         assert det.method == "named" and det.conv == named_template("gemma_instruction")
+    if family in ("phi3", "qwen3"):
+        # no default system message (MLC's phi-3 and qwen3 add one): rendered faithfully instead
+        assert det.method == "generic" and det.conv["system_message"] == ""
+    if family == "qwen3":  # earlier turns' <think> blocks dropped, as Qwen3's template and MLC's qwen3 do
+        assert det.conv["strip_reasoning_in_history"]
+        assert_reproduces(model_dir, [THINKING])
     if family == "llama3":
         # no default system message, so MLC's llama-3 (which has one) must not be claimed
         assert det.method == "generic" and det.conv["system_prefix_token_ids"] == [128000]
