@@ -91,3 +91,11 @@ def tiny_phi3(tmp_path_factory) -> Path:
     d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-phi3", "phi3", tied=False, seed=6)
     add_chatml_tokenizer(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma3", "gemma3_text", tied=True, seed=7,
+                        norm_grid=1 / 32)
+    add_chatml_tokenizer(d)
+    return d

@@ -1,4 +1,4 @@
-"""LoRA adapters on qwen3, gemma2 and phi3 bases: `personalize add` merges exactly what peft's own
+"""LoRA adapters on qwen3, gemma2, gemma3_text and phi3 bases: `personalize add` merges exactly what peft's own
 merge_and_unload gives, laid out as MLC's loader would lay out that merged checkpoint, and the
 equivalence gate runs the artifact through our library.
 
@@ -27,6 +27,7 @@ SEPARATE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "dow
 CASES = {  # model_type: (tied base, LoRA targets)
     "qwen3": (True, SEPARATE),
     "gemma2": (True, SEPARATE),
+    "gemma3_text": (True, SEPARATE),
     "phi3": (False, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),  # fused in the checkpoint
 }
 
@@ -43,7 +44,7 @@ def mlc_layout(merged: dict[str, np.ndarray], cfg: dict) -> dict[str, np.ndarray
 def test_adapter_merges_like_peft_and_passes_the_gate(home, tmp_path, model_type):
     tied, targets = CASES[model_type]
     base = make_tiny_model(tmp_path / f"{model_type}-base", model_type, tied=tied, dtype="float32",
-                           norm_grid=1 / 32 if model_type == "gemma2" else None)
+                           norm_grid=1 / 32 if model_type.startswith("gemma") else None)
     add_chatml_tokenizer(base)
     adapter = make_tiny_adapter(base, tmp_path / "adapter", target_modules=targets)
     code, out, err = run_cli("add", str(adapter), "--base", str(base), "-q", "q0f32", "--name", f"{model_type}-lora",

@@ -65,6 +65,8 @@ def mlc_params(cfg: dict, model_type: str) -> list[tuple[str, list[str], str]]:
     model/<arch>/<arch>_loader.py); role "keep" = cast only, "add_one" = (x + 1) in the source dtype."""
     if model_type == "phi3":
         return phi3_params(cfg)
+    if model_type == "gemma3_text":
+        return gemma3_params(cfg)
     fused = {"qwen2": "c_attn", "qwen3": "c_attn"}.get(model_type, "qkv_proj")
     gemma = model_type in ("gemma2",)
     norm_role = "add_one" if gemma else "keep"
@@ -92,6 +94,25 @@ def mlc_params(cfg: dict, model_type: str) -> list[tuple[str, list[str], str]]:
         return out  # always tied
     if model_type == "mistral" or not cfg.get("tie_word_embeddings", False):
         out.append(("lm_head.weight", ["lm_head.weight"], "linear"))
+    return out
+
+
+def gemma3_params(cfg: dict) -> list[tuple[str, list[str], str]]:
+    """gemma3_loader.py: the decoder under language_model.model, q/k/v not fused, gate/up fused, every
+    norm (q_norm and k_norm too) +1; always tied."""
+    p = "language_model.model"
+    out = [(f"{p}.embed_tokens.weight", ["model.embed_tokens.weight"], "embedding")]
+    for i in range(cfg["num_hidden_layers"]):
+        a, m, h = f"{p}.layers.{i}.self_attn", f"{p}.layers.{i}.mlp", f"model.layers.{i}"
+        out += [(f"{a}.{x}.weight", [f"{h}.self_attn.{x}.weight"], "linear") for x in ("q_proj", "k_proj", "v_proj",
+                                                                                       "o_proj")]
+        out += [(f"{a}.{x}.weight", [f"{h}.self_attn.{x}.weight"], "add_one") for x in ("q_norm", "k_norm")]
+        out.append((f"{m}.gate_up_proj.weight", [f"{h}.mlp.gate_proj.weight", f"{h}.mlp.up_proj.weight"], "linear"))
+        out.append((f"{m}.down_proj.weight", [f"{h}.mlp.down_proj.weight"], "linear"))
+        out += [(f"{p}.layers.{i}.{n}.weight", [f"{h}.{n}.weight"], "add_one")
+                for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                          "post_feedforward_layernorm")]
+    out.append((f"{p}.norm.weight", ["model.norm.weight"], "add_one"))
     return out
 
 
@@ -164,6 +185,7 @@ MODELS = {
     "qwen3-tied": dict(model_type="qwen3", tied=True),
     "qwen3-untied-bias": dict(model_type="qwen3", tied=False, attention_bias=True),
     "gemma2": dict(model_type="gemma2", tied=True),
+    "gemma3_text": dict(model_type="gemma3_text", tied=True),
     "phi3": dict(model_type="phi3", tied=False, partial_rotary_factor=0.5),  # head_dim 12: 6 rotated
     "phi3-tied": dict(model_type="phi3", tied=True, partial_rotary_factor=0.5),
 }

@@ -17,6 +17,8 @@ TYPE_DEFAULTS: dict[str, dict] = {
     # transformers computes the same (query_pre_attn_scalar == head_dim, no attention soft-cap)
     "gemma2": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=128, attn_logit_softcapping=None,
                    final_logit_softcapping=30.0),
+    # gemma3_text: MLC's library uses rope_theta on every layer, so the tiny model's local base equals it
+    "gemma3_text": dict(head_dim=16, sliding_window=128, rope_theta=1_000_000.0, rope_local_base_freq=1_000_000.0),
     # Phi-4-mini's shape in small: longrope factors (made in make_tiny_model) and a partial rotary width
     "phi3": dict(partial_rotary_factor=0.75, original_max_position_embeddings=64, pad_token_id=0),
 }

@@ -131,7 +131,7 @@ class Architecture:
 
     def unused_hf_names(self, config: LibraryConfig) -> set[str]:
         """HF tensors that are known and deliberately not used (not warned about)."""
-        n = config.model_config["num_hidden_layers"]
+        n = self.layout(config).layers
         return {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(n)}
 
 

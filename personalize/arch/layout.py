@@ -72,7 +72,9 @@ class DecoderLayout:
     head: Literal["own", "tied", "copy_embedding"] = "own"
     embed_vocab_symbolic: bool = True
     head_vocab_symbolic: bool = True
-    sliding_layers: tuple[bool, ...] = field(default=())  # per layer; empty: full attention everywhere
+    # MLC's per-layer sliding-window pattern (gemma3), recorded; our graph attends to the whole context
+    # and build.context_limits caps that context at the window, which is exact within it
+    sliding_layers: tuple[bool, ...] = field(default=())
 
     @property
     def softmax_scale(self) -> float:
