@@ -9,15 +9,15 @@ VRAM estimate and library names: see artifacts/deploy.py (the model card uses th
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from artifacts import Artifact
 from artifacts.deploy import (LOW_RESOURCE_MIB, estimate_vram, parameter_bytes,  # noqa: F401 (re-exported)
                               system_lib_name, webgpu_wasm_name)
 
-from .hub import DEFAULT_ENDPOINT, HubError, read_lineage
+from .hub import DEFAULT_ENDPOINT, HubError
 
 # MLC's prebuilt WebLLM libraries (binary-mlc-llm-libs); see reference notes §6.
 WEBLLM_LIB_PREFIX = "https://raw.githubusercontent.com/mlc-ai/binary-mlc-llm-libs/main/web-llm-models/v0_2_83/base"
@@ -26,16 +26,6 @@ LIB_SUFFIXES = (".so", ".dylib", ".dll", ".tar", ".wasm")
 
 class ShareError(HubError):
     """The artifact lacks what a share record needs."""
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ShareError(f"{path.name} is missing", path=path, hint="run `personalize verify` on the artifact") from None
-    except ValueError as exc:
-        raise ShareError(f"{path.name} is not valid JSON: {exc}", path=path,
-                         hint="re-create the artifact with `personalize add`") from None
 
 
 def _base_model_name(lineage: dict, fallback: str) -> str:
@@ -71,16 +61,15 @@ def share_records(artifact_dir: Path, *, name: str, repo_id: str | None = None, 
     if repo_id is None and local_url is None:
         raise ShareError(f"{name} has not been pushed", path=artifact_dir,
                          hint=f"run `personalize push {name} --repo ORG/NAME`, pass --repo, or use --local")
-    chat_config = _read_json(artifact_dir / "mlc-chat-config.json")
-    tensor_cache = _read_json(artifact_dir / "tensor-cache.json")
-    lineage = read_lineage(artifact_dir)
+    artifact = Artifact(artifact_dir)
+    chat_config, lineage = artifact.chat_config, artifact.lineage
     quant = chat_config.get("quantization") or lineage.get("quantization")
     model_type = chat_config.get("model_type") or lineage.get("model_type")
     library_key = lineage.get("library_key")
     if not (quant and model_type and library_key):
         raise ShareError("the artifact does not record its quantization, model_type and library_key",
-                         path=artifact_dir / "personalize.json", hint="re-create it with `personalize add`")
-    vram = estimate_vram(chat_config, tensor_cache)
+                         path=artifact.lineage_path, hint="re-create it with `personalize add`")
+    vram = artifact.vram()
     lib_name = system_lib_name(model_type, quant, library_key)
     wasm = webgpu_wasm_name(_base_model_name(lineage, name), quant, vram.prefill_chunk_size)
     native_lib = find_library(libs_dir, library_key, (".so", ".dylib", ".dll", ".tar"))
