@@ -58,6 +58,7 @@ def model_dtype(quantization: str) -> str:
 
 def estimate_vram(chat_config: dict, tensor_cache: dict) -> VramEstimate:
     mc = chat_config.get("model_config") or {}
+    mc = {**(mc.get("text_config") or {}), **mc}  # gemma3 nests the text model's fields
 
     def field(key: str, default: Any = None) -> Any:
         value = mc.get(key, chat_config.get(key, default))

@@ -20,6 +20,7 @@ from artifacts.tensor_cache import TensorCacheWriter
 from ingest.errors import IngestError
 from ingest.source import ModelDir
 from quantize import NonFiniteWeightError, check_scale_mode, get_scheme, library_params, quantize_param
+from quantize.convert import assemble_source
 from quantize.spec import SourceParam
 from registry.store import pause_point
 
@@ -167,7 +168,7 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
                 with timer.time("merge"):
                     arrays = [merge(name, arr) for name, arr in zip(param.sources, arrays)]
             with timer.time("quantize"):
-                weight = arrays[0] if len(arrays) == 1 else _concat_rows(arrays)
+                weight = assemble_source(param, arrays)
                 del arrays
                 outputs = quantize_checked(param, weight, scheme, infos, scales=plan.scales)
                 del weight
@@ -219,8 +220,10 @@ def quantize_in_row_blocks(plan: ConversionPlan, param: SourceParam, scheme, tim
             block = plan.model.weights.read_rows(source, start, start + step)
             digest.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
         with timer.time("quantize"):
-            part = SourceParam(param.name, (block.shape[0],) + tuple(param.shape[1:]), param.sources, param.role)
-            pieces = quantize_checked(part, block, scheme, plan.model.weights.tensors, scales=plan.scales)
+            part = SourceParam(param.name, (block.shape[0],) + tuple(param.shape[1:]), param.sources, param.role,
+                               transform=param.transform)
+            pieces = quantize_checked(part, assemble_source(part, [block]), scheme, plan.model.weights.tensors,
+                                      scales=plan.scales)
             if not outputs:
                 outputs = [(name, np.empty(_full_shape(arr.shape, axis, rows), arr.dtype)) for name, arr in pieces]
             for (_, full), (_, arr) in zip(outputs, pieces):
@@ -249,13 +252,6 @@ def combine_digests(digests: dict[str, str]) -> str:
     for name in sorted(digests):
         h.update(f"{name}:{digests[name]}\n".encode())
     return h.hexdigest()
-
-
-def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
-    dtypes = {a.dtype for a in arrays}
-    if len(dtypes) > 1:  # mixed source dtypes: concatenate in float32 (exact for every float input)
-        arrays = [a.astype(np.float32) for a in arrays]
-    return np.concatenate(arrays, axis=0)
 
 
 @dataclass

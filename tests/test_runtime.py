@@ -52,7 +52,8 @@ def artifacts(home, tmp_path_factory):
     return make
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2", "tiny_qwen3",
+                                     "tiny_gemma2", "tiny_gemma3", "tiny_phi3"])
 def test_q0f32_logits_match_transformers(fixture, request, artifacts):
     src = request.getfixturevalue(fixture)
     model = load(artifacts(src, "q0f32"))
@@ -63,7 +64,8 @@ def test_q0f32_logits_match_transformers(fixture, request, artifacts):
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_gemma2", "tiny_gemma3",
+                                     "tiny_phi3"])
 def test_greedy_tokens_match_transformers(fixture, request, artifacts):
     from transformers import AutoModelForCausalLM
 
