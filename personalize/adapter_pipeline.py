@@ -154,7 +154,8 @@ def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: Conv
 def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, output: Path | None,
                 base: str | None, force_base: bool, conv_template: str | None, force: bool, evaluate: bool,
                 device: str, progress=None, progress_total=None, log=None, source_record: dict | None = None,
-                registry: Registry | None = None, scales: str = "mlc") -> AddResult:
+                registry: Registry | None = None, scales: str = "mlc", context_window: int | None = None,
+                prefill_chunk: int | None = None, lib: str | None = None) -> AddResult:
     t_start = time.perf_counter()
     registry = registry or Registry()
     adapter = load_adapter(adapter_dir)
@@ -175,7 +176,8 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     if new_vocab is not None:
         override["vocab_size"] = new_vocab
     plan = plan_conversion(base_model, quantization, config_override=override,
-                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=scales)
+                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=scales,
+                           context_window=context_window, prefill_chunk=prefill_chunk)
     touched = set(adapter.target_hf_names())
 
     base_artifact = resolved.artifact if resolved.artifact is not None else None
@@ -222,6 +224,10 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
             lineage["base"]["recorded_base_check"] = recorded
         gate = make_gate(reference_dir=base_model.path, adapter_dir=adapter_dir, device=device, log=log) \
             if evaluate else None
+        if lib is not None:
+            from .add import checked_against_library
+
+            gate = checked_against_library(gate, lib)
         gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
     return AddResult(name if output is None else None, destination, lineage)
 

@@ -29,6 +29,7 @@ from registry.store import Registry, check_name, staged_directory
 
 from .arch import Architecture, LibraryConfig, get_architecture, library_key
 from .ordering import counted_source_params, loading_order
+from .prebuilt import fit_prebuilt
 from .versions import tool_versions
 
 DEFAULT_QUANTIZATION = "q4f16_1"
@@ -62,6 +63,7 @@ class ConversionPlan:
     params: list[SourceParam]
     order: list[SourceParam]
     scales: str = "mlc"  # per-group scales: "mlc" (bit-exact) or a searched mode (quantize/search.py)
+    prebuilt: dict | None = None  # MLC's prebuilt library that fits (personalize/prebuilt.py), for lineage
 
     @property
     def library_key(self) -> str:
@@ -74,7 +76,8 @@ class ConversionPlan:
 
 
 def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None,
-                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc") -> ConversionPlan:
+                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc",
+                    context_window: int | None = None, prefill_chunk: int | None = None) -> ConversionPlan:
     scheme = get_scheme(quantization)
     check_scale_mode(scales)
     hf_config = dict(model.config)
@@ -82,11 +85,12 @@ def plan_conversion(model: ModelDir, quantization: str, config_override: dict | 
         hf_config.update(config_override)
     arch = get_architecture(hf_config.get("model_type"), path=str(model.config_path))
     config = arch.library_config(hf_config, path=str(model.config_path))
+    config, prebuilt = fit_prebuilt(config, scheme.name, context_window=context_window, prefill_chunk=prefill_chunk)
     params = arch.source_params(config)
     check_sources(model, params, shape_overrides or {})
     library_params(params, scheme)  # raises early if the scheme cannot express a parameter
     order = loading_order(params, model.weights.file_order)
-    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales)
+    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales, prebuilt=prebuilt)
 
 
 def check_sources(model: ModelDir, params: list[SourceParam],
@@ -256,12 +260,14 @@ def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, n
               registry: Registry | None = None, progress: ProgressFn | None = None,
               progress_total: Callable[[int], None] | None = None,
               source_record: dict | None = None,
-              gate: Callable[[Path, dict], dict | None] | None = None, scales: str = "mlc") -> AddResult:
+              gate: Callable[[Path, dict], dict | None] | None = None, scales: str = "mlc",
+              context_window: int | None = None, prefill_chunk: int | None = None) -> AddResult:
     """Convert a full HF model directory into an artifact (in the registry, or at `output`)."""
     t_start = time.perf_counter()
     registry = registry or Registry()
     model = open_model_dir(Path(source))
-    plan = plan_conversion(model, quantization, scales=scales)
+    plan = plan_conversion(model, quantization, scales=scales, context_window=context_window,
+                           prefill_chunk=prefill_chunk)
     name, destination = resolve_destination(registry, name, output, model.path, quantization, scales)
     if progress_total:
         progress_total(plan.source_bytes)
@@ -335,6 +341,7 @@ def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, s
         "quantization_options": {"scales": plan.scales},
         "library_key": plan.library_key,
         "compiled_config": plan.config.compiled,
+        "prebuilt_library": plan.prebuilt,
         "tools": tool_versions(),
     }
 
