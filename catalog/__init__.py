@@ -65,6 +65,12 @@ def libraries() -> list[Library]:
     return [Library(d) for d in load_catalog()["libraries"]]
 
 
+def has_symbolic_vocab(model_type: str) -> bool:
+    """Whether MLC's prebuilt libraries of this model_type take any vocab size (True when unknown)."""
+    kinds = {lib.symbolic_vocab for lib in libraries() if lib.model_type == model_type}
+    return kinds != {False}
+
+
 def directories() -> list[str]:
     """Library directories, oldest first (v0_2_48 ... the current npm release's)."""
     ranges = load_catalog()["webllm_ranges"]
@@ -223,5 +229,5 @@ def _embedding_hidden(metadata: dict[str, Any]) -> int | None:
     return None
 
 
-__all__ = ["Library", "config_differences", "directories", "directory_for_webllm", "find_by_file",
+__all__ = ["Library", "config_differences", "directories", "directory_for_webllm", "find_by_file", "has_symbolic_vocab",
            "find_by_metadata", "find_libraries", "libraries", "load_catalog", "normalize_config", "why_no_library"]

@@ -76,3 +76,18 @@ def local_library(ref: str) -> Iterator[Path]:
             yield target
         return
     yield Path(ref).expanduser()
+
+
+LIB_SYMBOL_SUFFIX = b"___tvm_ffi__library_bin"
+
+
+def system_lib_prefix(path: Path) -> str | None:
+    """The system-lib prefix of a static model library (.tar/.a): `<prefix>___tvm_ffi__library_bin` is the
+    symbol `mlc_llm package` looks for (python/mlc_llm/interface/package.py)."""
+    import re
+
+    data = Path(path).read_bytes()
+    m = re.search(rb"([A-Za-z_][A-Za-z0-9_]*?)" + re.escape(LIB_SYMBOL_SUFFIX), data)
+    if not m:
+        return None
+    return m.group(1).decode().lstrip("_") or None
