@@ -177,11 +177,24 @@ def compare_scalars(result: LibraryCheck, meta: dict, chat: dict, lib: str, base
                      "base_hub_id": entry.base_hub_id}
         diffs = [(k, a, b) for k, a, b in config_differences(entry, model_type, artifact) if k != "model_type"]
     result.reference = reference
+    mc = chat.get("model_config") or {}
     for key, lib_value, art_value in diffs:
+        name = artifact_key(mc, key)
         result.mismatches.append(Mismatch(
-            f"model_config.{key}", lib_value, art_value,
-            f"{key}: the library is compiled with {lib_value!r}, the artifact has {art_value!r} "
-            f"(from {reference['source']})"))
+            f"model_config.{name}", lib_value, art_value,
+            f"{name}: the library is compiled with {lib_value!r}, the artifact has {art_value!r} "
+            f"(library values from {reference.get('base_model') or reference['source']})"))
+
+
+# The catalog's names for compiled-in values -> the keys MLC's model_config uses for them.
+SOURCE_KEYS = {"norm_eps": ("rms_norm_eps", "layer_norm_eps", "norm_eps"),
+               "rope_theta": ("rope_theta", "position_embedding_base"),
+               "sliding_window": ("sliding_window_size", "sliding_window")}
+
+
+def artifact_key(mc: dict, key: str) -> str:
+    """The field name as the artifact's mlc-chat-config.json spells it (rms_norm_eps, position_embedding_base)."""
+    return next((k for k in SOURCE_KEYS.get(key, ()) if k in mc), SOURCE_KEYS.get(key, (key,))[0])
 
 
 def _differences(reference: dict, artifact: dict) -> list[tuple[str, Any, Any]]:

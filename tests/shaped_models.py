@@ -131,17 +131,20 @@ def write_config_only(out: Path, cfg: dict[str, Any]) -> Path:
     return out
 
 
-def write_paper_artifact(out: Path, cfg: dict[str, Any], quantization: str) -> Path:
-    """mlc-chat-config.json + tensor-cache.json (records only, no shards) as `add` would write them."""
+def write_paper_artifact(out: Path, cfg: dict[str, Any], quantization: str, *, context_window: int | None = None,
+                         prefill_chunk: int | None = None) -> Path:
+    """mlc-chat-config.json, tensor-cache.json (records only, no shards) and personalize.json as `add`
+    would write them (the lineage has no file hashes: there are no weight files to hash)."""
     from artifacts.chat_config import build_chat_config, write_chat_config
-    from personalize.arch import get_architecture
+    from personalize.arch import get_architecture, library_key
     from personalize.prebuilt import fit_prebuilt
     from quantize import get_scheme, library_params
 
     out = Path(out)
     src = write_config_only(out.parent / (out.name + "-src"), cfg)
     arch = get_architecture(cfg["model_type"])
-    config, _ = fit_prebuilt(arch.library_config(cfg), quantization)
+    config, prebuilt = fit_prebuilt(arch.library_config(cfg), quantization, context_window=context_window,
+                                    prefill_chunk=prefill_chunk)
     scheme = get_scheme(quantization)
     records = []
     for p in library_params(arch.source_params(config), scheme):
@@ -156,4 +159,9 @@ def write_paper_artifact(out: Path, cfg: dict[str, Any], quantization: str) -> P
                                                                    "format": "raw-shard", "nbytes": 0,
                                                                    "records": records}]}
     (out / "tensor-cache.json").write_text(json.dumps(cache))
+    lineage = {"format": "personalize-artifact/1", "name": out.name, "source": {"kind": "model", "path": str(src)},
+               "model_type": config.model_type, "quantization": scheme.name,
+               "library_key": library_key(config, scheme.name), "compiled_config": config.compiled,
+               "prebuilt_library": prebuilt, "files": {}}
+    (out / "personalize.json").write_text(json.dumps(lineage, indent=2) + "\n")
     return out
