@@ -122,26 +122,29 @@ def write_shaped_model(out: Path, cfg: dict[str, Any], *, seed: int = 0, shard_b
     return out
 
 
-def write_config_only(out: Path, cfg: dict[str, Any]) -> Path:
-    """A model directory with config.json and tokenizer files but no weights."""
+def write_config_only(out: Path, cfg: dict[str, Any], tokenizer: bool = True) -> Path:
+    """A model directory with config.json (and tokenizer files) but no weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    add_chatml_tokenizer(out)
+    if tokenizer:
+        add_chatml_tokenizer(out)
     return out
 
 
 def write_paper_artifact(out: Path, cfg: dict[str, Any], quantization: str, *, context_window: int | None = None,
                          prefill_chunk: int | None = None) -> Path:
     """mlc-chat-config.json, tensor-cache.json (records only, no shards) and personalize.json as `add`
-    would write them (the lineage has no file hashes: there are no weight files to hash)."""
+    would write them (the lineage hashes the two JSON files: there are no weight files)."""
     from artifacts.chat_config import build_chat_config, write_chat_config
+    from artifacts.lineage import file_map
     from personalize.arch import get_architecture, library_key
     from personalize.prebuilt import fit_prebuilt
     from quantize import get_scheme, library_params
 
     out = Path(out)
-    src = write_config_only(out.parent / (out.name + "-src"), cfg)
+    # No tokenizer: library checks do not read it, and loading one costs a transformers import.
+    src = write_config_only(out.parent / (out.name + "-src"), cfg, tokenizer=False)
     arch = get_architecture(cfg["model_type"])
     config, prebuilt = fit_prebuilt(arch.library_config(cfg), quantization, context_window=context_window,
                                     prefill_chunk=prefill_chunk)
@@ -153,7 +156,7 @@ def write_paper_artifact(out: Path, cfg: dict[str, Any], quantization: str, *, c
                         "nbytes": 0, "byteOffset": 0})
     out.mkdir(parents=True, exist_ok=True)
     doc, _ = build_chat_config(model_type=config.model_type, quantization=scheme.name,
-                               model_config=config.model_config, source_dir=src)
+                               model_config=config.model_config, source_dir=src, conv_template="LM")
     write_chat_config(out, doc)
     cache = {"metadata": {"ParamSize": len(records)}, "records": [{"dataPath": "params_shard_0.bin",
                                                                    "format": "raw-shard", "nbytes": 0,
@@ -162,6 +165,6 @@ def write_paper_artifact(out: Path, cfg: dict[str, Any], quantization: str, *, c
     lineage = {"format": "personalize-artifact/1", "name": out.name, "source": {"kind": "model", "path": str(src)},
                "model_type": config.model_type, "quantization": scheme.name,
                "library_key": library_key(config, scheme.name), "compiled_config": config.compiled,
-               "prebuilt_library": prebuilt, "files": {}}
+               "prebuilt_library": prebuilt, "files": file_map(out)}
     (out / "personalize.json").write_text(json.dumps(lineage, indent=2) + "\n")
     return out
