@@ -185,9 +185,11 @@ def why_no_library(model_type: str, model_config: dict[str, Any], quantization: 
                 f"{', '.join(quants)}): use --quantization {quants[0]}, or {tail}")
     lib = nearest[0]
     diffs = config_differences(lib, model_type, normalized)
-    what = ", ".join(f"{k} {a!r} (library {b!r})" for k, b, a in diffs[:4])
-    return (f"no MLC prebuilt WebGPU library for {shape} ({quantization}); the nearest, {lib.base_model}, differs "
-            f"in {what}: {tail}")
+    if any(k in SHAPE_KEYS for k, _, _ in diffs):  # no base has these shapes: naming one would mislead
+        return f"no MLC prebuilt WebGPU library for {shape} ({quantization}): {tail}"
+    what = ", ".join(f"{k} {a!r} (library {b!r})" for k, b, a in diffs)
+    return (f"no MLC prebuilt WebGPU library for {shape} ({quantization}): it has the shapes of {lib.base_model} "
+            f"but {what}, which are compiled into MLC's library; {tail}")
 
 
 def find_by_file(name: str) -> list[Library]:

@@ -222,3 +222,25 @@ def test_user_errors_exit_2(tmp_path):
     assert code == 2 and "nope.json" in err
     code, _, err = run_cli("check", str(tmp_path / "no-artifact"), "--lib", str(WASM_Q4F32))
     assert code == 2
+
+
+# ----------------------------------------------------------------------------- add: limits and the log line
+def test_add_without_a_fitting_library_says_so_once(tiny_llama, tmp_path, caplog):
+    code, doc, err = add(tiny_llama, tmp_path / "art", "q4f16_1")
+    assert code == 0, err
+    said = [r.getMessage() for r in caplog.records if "no MLC prebuilt WebGPU library" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("no MLC prebuilt WebGPU library for llama with hidden 64")
+    lineage = json.loads((tmp_path / "art" / "personalize.json").read_text())
+    assert lineage["prebuilt_library"] == {"library": None, "reason": said[0]}
+    chat = json.loads((tmp_path / "art" / "mlc-chat-config.json").read_text())
+    assert chat["context_window_size"] == 256  # the model's own (max_position_embeddings), nothing to fit
+
+
+def test_add_context_and_prefill_options(tiny_llama, tmp_path):
+    code, doc, err = add(tiny_llama, tmp_path / "a", "q4f16_1", "--context-window", "128", "--prefill-chunk", "32")
+    assert code == 0, err
+    chat = json.loads((tmp_path / "a" / "mlc-chat-config.json").read_text())
+    assert (chat["context_window_size"], chat["prefill_chunk_size"]) == (128, 32)
+    assert (chat["model_config"]["context_window_size"], chat["model_config"]["prefill_chunk_size"]) == (128, 32)
+    lineage = json.loads((tmp_path / "a" / "personalize.json").read_text())
+    assert lineage["compiled_config"]["prefill_chunk_size"] == 32  # our own library is compiled for the same limits

@@ -230,6 +230,23 @@ def test_share_names_mlcs_library_with_its_context_and_vram(home, base, quant):
     assert "/web-llm-models/v0_2_48/" in old and directory_for_webllm("0.2.79") == "v0_2_48"
 
 
+def test_share_of_the_real_smollm2(home, smollm2_dir):
+    """The real SmolLM2-135M-Instruct (transformers 5 config: rope_parameters, eps stored as float32) added
+    by `personalize add`: its own config finds MLC's q0f16 library; the VRAM estimate is within 10%."""
+    code, out, err = run_cli("add", str(smollm2_dir), "-q", "q0f16", "--no-eval", "--name", "smol", "--json")
+    assert code == 0, err
+    assert json.loads(out)["prebuilt_library"]["base_model"] == "SmolLM2-135M-Instruct"
+    code, out, err = run_cli("share", "smol", "--repo", "me/smol-q0f16-MLC", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    check_share_doc(doc)
+    rec = doc["webllm"]["model_record"]
+    assert rec["model_lib"].endswith("/v0_2_86/base/SmolLM2-135M-Instruct-q0f16_cs1k-webgpu.wasm")
+    assert rec["overrides"] == {"context_window_size": 4096} and rec["required_features"] == ["shader-f16"]
+    (lib,) = [x for x in libraries() if x.url == rec["model_lib"]]
+    assert abs(rec["vram_required_MB"] / lib.vram_required_MB - 1) < 0.10
+
+
 def test_smollm2_135m_q4_has_no_webllm_library(home):
     write_paper_artifact(home / "artifacts" / "smol-q4", hf_config("SmolLM2-135M-Instruct"), "q4f16_1")
     code, out, err = run_cli("share", "smol-q4", "--repo", "me/smol", "--json")
