@@ -10,14 +10,11 @@ the user asks for other values. The choice is recorded in personalize.json.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 from catalog import find_libraries, why_no_library
 
 from .arch import LibraryConfig
-
-log = logging.getLogger("personalize")
 
 
 def fit_prebuilt(config: LibraryConfig, quantization: str, *, context_window: int | None = None,
@@ -32,9 +29,8 @@ def fit_prebuilt(config: LibraryConfig, quantization: str, *, context_window: in
         context_window = context_window or lib.context_window_size
         prefill_chunk = prefill_chunk or lib.prefill_chunk_size
     else:
-        reason = why_no_library(config.model_type, config.model_config, quantization)
-        log.warning("%s", reason)
-        record = {"library": None, "reason": reason}
+        # Said once, by the CLI after a successful add (personalize/cli/convert.py), and kept in lineage.
+        record = {"library": None, "reason": why_no_library(config.model_type, config.model_config, quantization)}
     return with_limits(config, context_window, prefill_chunk), record
 
 

@@ -225,13 +225,14 @@ def test_user_errors_exit_2(tmp_path):
 
 
 # ----------------------------------------------------------------------------- add: limits and the log line
-def test_add_without_a_fitting_library_says_so_once(tiny_llama, tmp_path, caplog):
-    code, doc, err = add(tiny_llama, tmp_path / "art", "q4f16_1")
+def test_add_without_a_fitting_library_says_so_once(tiny_llama, tmp_path):
+    code, _, err = run_cli("add", str(tiny_llama), "--no-eval", "--quiet", "--output", str(tmp_path / "art"),
+                           env={"PERSONALIZE_HOME": str(tmp_path / "home")})
     assert code == 0, err
-    said = [r.getMessage() for r in caplog.records if "no MLC prebuilt WebGPU library" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith("no MLC prebuilt WebGPU library for llama with hidden 64")
+    said = [line for line in err.splitlines() if "no MLC prebuilt WebGPU library" in line]
+    assert len(said) == 1 and said[0].startswith("note: no MLC prebuilt WebGPU library for llama with hidden 64")
     lineage = json.loads((tmp_path / "art" / "personalize.json").read_text())
-    assert lineage["prebuilt_library"] == {"library": None, "reason": said[0]}
+    assert lineage["prebuilt_library"] == {"library": None, "reason": said[0][len("note: "):]}
     chat = json.loads((tmp_path / "art" / "mlc-chat-config.json").read_text())
     assert chat["context_window_size"] == 256  # the model's own (max_position_embeddings), nothing to fit
 

@@ -65,6 +65,13 @@ def add(
         label = result.name or str(result.path)
         stderr.print(f"[green]added[/green] {label}  ({result.lineage['quantization']}, library "
                      f"{result.lineage['library_key']}, {result.lineage['timings']['total']:.1f} s)")
+        prebuilt = result.lineage.get("prebuilt_library") or {}
+        if prebuilt.get("library"):
+            typer.echo(f"runs on MLC's prebuilt {prebuilt['library']} (@mlc-ai/web-llm {prebuilt['webllm_range']}; "
+                       f"context {prebuilt['context_window_size']}, prefill chunk {prebuilt['prefill_chunk_size']})",
+                       err=True)
+        elif prebuilt.get("reason"):
+            typer.echo(f"note: {prebuilt['reason']}", err=True)  # once, unwrapped
         typer.echo(str(result.path))
 
 
