@@ -9,22 +9,25 @@ len(AutoTokenizer). The conversation template is chosen from the fine-tune's own
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .conv_template import (
-    Detection,
-    conversation,
-    detect_conv_template,
-    named_template,
-    tokenizer_facts,
-    tokenizer_render,
-)
+from .conv_detect import Detection, detect_conv_template, tokenizer_facts, tokenizer_render
+from .conv_template import named_template
 from .errors import ChatConfigError
-from .format import MLC_CHAT_CONFIG_JSON, MLC_CHAT_CONFIG_VERSION, TOKENIZER_FILES
+from .files import read_json_object, write_json_atomic
+from .format import (
+    CHAT_TEMPLATE_JINJA,
+    CONFIG_JSON,
+    GENERATION_CONFIG_JSON,
+    MLC_CHAT_CONFIG_JSON,
+    MLC_CHAT_CONFIG_VERSION,
+    MLC_TOKENIZER_FILES,
+    TOKENIZER_JSON,
+    TOKENIZER_MODEL,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +45,11 @@ SYSTEM_DEFAULTS: dict[str, Any] = {
 # MLCChatConfig fields that start out null, so generation_config.json / config.json may fill them.
 _FILLABLE = ("temperature", "presence_penalty", "frequency_penalty", "repetition_penalty", "top_p",
              "pad_token_id", "bos_token_id", "eos_token_id", "embedding_metadata")
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_FILE = CHAT_TEMPLATE_JINJA  # not in tokenizer_files: MLC does not know it
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ChatConfigError(f"{path.name} is not valid JSON: {exc}", path=path, hint="fix or remove the file") from exc
-    if not isinstance(doc, dict):
-        raise ChatConfigError(f"{path.name} is not a JSON object", path=path, hint="fix or remove the file")
-    return doc
+    return read_json_object(path, error=ChatConfigError, missing_ok=True, hint="fix or remove the file")
 
 
 def detect_tokenizer_info(tokenizer_json: Path) -> dict[str, Any]:
@@ -124,8 +119,8 @@ def choose_conv_template(source_dir: Path, *, conv_template: str | None = None, 
     if conv_template is not None:
         return Detection(conv=named_template(conv_template), method="override", named=conv_template)
     if eos_token_ids is None:
-        eos_token_ids = _eos_ids(_read_json(source_dir / "generation_config.json"),
-                                 _read_json(source_dir / "config.json"))
+        eos_token_ids = _eos_ids(_read_json(source_dir / GENERATION_CONFIG_JSON),
+                                 _read_json(source_dir / CONFIG_JSON))
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(source_dir)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         # No chat template to follow: a completion model. Plain text in, BOS first, stop at EOS
@@ -133,14 +128,13 @@ def choose_conv_template(source_dir: Path, *, conv_template: str | None = None, 
         if tokenizer is not None:
             bos = tokenizer.bos_token_id
         else:
-            bos = next((d.get("bos_token_id") for d in (_read_json(source_dir / "generation_config.json"),
-                                                         _read_json(source_dir / "config.json"))
+            bos = next((d.get("bos_token_id") for d in (_read_json(source_dir / GENERATION_CONFIG_JSON),
+                                                         _read_json(source_dir / CONFIG_JSON))
                         if d and d.get("bos_token_id") is not None), None)
         log.warning("no chat template in %s: using a plain-text (LM) conversation template; "
                     "pass --conv-template NAME for a chat model", source_dir)
-        conv = named_template("LM")
-        conv["system_prefix_token_ids"] = [int(bos)] if isinstance(bos, int) else None
-        conv["stop_token_ids"] = list(eos_token_ids)
+        conv = named_template("LM").replace(system_prefix_token_ids=[int(bos)] if isinstance(bos, int) else None,
+                                            stop_token_ids=list(eos_token_ids))
         return Detection(conv=conv, method="no_tokenizer" if tokenizer is None else "no_chat_template", named="LM")
     return detect_conv_template(tokenizer_render(tokenizer), tokenizer_facts(tokenizer, eos_token_ids))
 
@@ -154,10 +148,10 @@ def build_chat_config(*, model_type: str, quantization: str, model_config: dict[
     (not listed in tokenizer_files, as MLC does not know it).
     """
     source_dir = Path(source_dir)
-    generation = _read_json(source_dir / "generation_config.json")
-    config = _read_json(source_dir / "config.json")
+    generation = _read_json(source_dir / GENERATION_CONFIG_JSON)
+    config = _read_json(source_dir / CONFIG_JSON)
     if "vocab_size" not in model_config:
-        raise ChatConfigError("model_config has no vocab_size", path=source_dir / "config.json")
+        raise ChatConfigError("model_config has no vocab_size", path=source_dir / CONFIG_JSON)
 
     doc: dict[str, Any] = {
         "version": MLC_CHAT_CONFIG_VERSION,
@@ -192,18 +186,18 @@ def build_chat_config(*, model_type: str, quantization: str, model_config: dict[
                 doc[key] = value
 
     files: list[Path] = []
-    for name in TOKENIZER_FILES:
+    for name in MLC_TOKENIZER_FILES:
         if (source_dir / name).is_file():
             doc["tokenizer_files"].append(name)
             files.append(source_dir / name)
-    tokenizer_json = source_dir / "tokenizer.json"
-    tokenizer = _load_tokenizer(source_dir) if (tokenizer_json.is_file() or (source_dir / "tokenizer.model").is_file()) else None
-    if (source_dir / "tokenizer.model").is_file() and not tokenizer_json.is_file() and tokenizer is not None:
+    tokenizer_json = source_dir / TOKENIZER_JSON
+    tokenizer = _load_tokenizer(source_dir) if (tokenizer_json.is_file() or (source_dir / TOKENIZER_MODEL).is_file()) else None
+    if (source_dir / TOKENIZER_MODEL).is_file() and not tokenizer_json.is_file() and tokenizer is not None:
         # gen_config converts sentencepiece to tokenizer.json with transformers; so do we.
-        converted = Path(tempfile.mkdtemp(prefix="personalize-tok-")) / "tokenizer.json"
+        converted = Path(tempfile.mkdtemp(prefix="personalize-tok-")) / TOKENIZER_JSON
         try:
             tokenizer.backend_tokenizer.save(str(converted))
-            doc["tokenizer_files"].append("tokenizer.json")
+            doc["tokenizer_files"].append(TOKENIZER_JSON)
             files.append(converted)
             tokenizer_json = converted
         except Exception as exc:  # noqa: BLE001 - MLC also only warns here
@@ -217,24 +211,31 @@ def build_chat_config(*, model_type: str, quantization: str, model_config: dict[
     for key, value in SYSTEM_DEFAULTS.items():
         if doc[key] is None:
             doc[key] = value
-    if (source_dir / "tokenizer.json").is_file() and tokenizer is not None:
+    if (source_dir / TOKENIZER_JSON).is_file() and tokenizer is not None:
         doc["active_vocab_size"] = len(tokenizer)
 
     eos_ids = _eos_ids(generation, config)
     detection = choose_conv_template(source_dir, conv_template=conv_template, tokenizer=tokenizer,
                                      eos_token_ids=eos_ids)
-    doc["conv_template"] = conversation(**detection.conv)
+    doc["conv_template"] = detection.conv.to_json()
     return doc, files
 
 
 def write_chat_config(out_dir: Path, doc: dict[str, Any]) -> None:
     """json.dump(indent=2), as gen_config writes mlc-chat-config.json (no trailing newline)."""
-    (Path(out_dir) / MLC_CHAT_CONFIG_JSON).write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    write_json_atomic(Path(out_dir) / MLC_CHAT_CONFIG_JSON, doc, indent=2, trailing_newline=False, ensure_ascii=True)
 
 
 def read_chat_config(artifact_dir: Path) -> dict[str, Any]:
+    """An artifact's mlc-chat-config.json: a JSON object naming model_type and quantization."""
     path = Path(artifact_dir) / MLC_CHAT_CONFIG_JSON
-    doc = _read_json(path)
-    if doc is None:
-        raise ChatConfigError(f"no {MLC_CHAT_CONFIG_JSON}", path=path, hint="is this an MLC weight directory?")
+    hint = "is this an MLC weight directory? re-create it with `personalize add`"
+    doc = read_json_object(path, error=ChatConfigError, hint=hint)
+    for key in ("model_type", "quantization"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise ChatConfigError(f"{MLC_CHAT_CONFIG_JSON} has no {key}", path=path, hint=hint)
+    conv = doc.get("conv_template")
+    if conv is not None and not isinstance(conv, dict):
+        raise ChatConfigError(f"{MLC_CHAT_CONFIG_JSON}: conv_template is not a conversation object", path=path,
+                              hint=hint)
     return doc

@@ -23,15 +23,13 @@ VRAM estimate (bytes), documented because every runtime asks for it and none mea
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from .errors import ArtifactError
+from .format import MLC_CHAT_CONFIG_JSON
+from .tensor_cache import numpy_dtype, parameter_bytes
 
 LOW_RESOURCE_MIB = 2048  # WebLLM marks models that fit in about 2 GB as low_resource_required
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "uint32": 4, "int32": 4,
-               "uint16": 2, "int16": 2, "uint8": 1, "int8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
-               "bool": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +62,6 @@ def model_dtype(quantization: str) -> str:
     return "float16"
 
 
-def parameter_bytes(tensor_cache: dict) -> int:
-    total = 0
-    for shard in tensor_cache.get("records", []):
-        for rec in shard.get("records", []):
-            size = DTYPE_BYTES.get(rec["dtype"])
-            if size is None:
-                raise ArtifactError(f"unknown dtype {rec['dtype']!r} for {rec['name']} in tensor-cache.json",
-                                 hint="re-create the artifact with `personalize add`")
-            total += math.prod(int(d) for d in rec["shape"]) * size
-    return total
-
-
 def estimate_vram(chat_config: dict, tensor_cache: dict, symbolic_vocab: bool | None = None) -> VramEstimate:
     """`symbolic_vocab`: whether the library leaves the vocab dimension symbolic (default: what MLC's
     prebuilt libraries of this model_type do, from the catalog)."""
@@ -84,11 +70,11 @@ def estimate_vram(chat_config: dict, tensor_cache: dict, symbolic_vocab: bool | 
     def field(key: str, default: Any = None) -> Any:
         value = mc.get(key, chat_config.get(key, default))
         if value is None:
-            raise ArtifactError(f"mlc-chat-config.json has no {key}", hint="re-create the artifact with `personalize add`")
+            raise ArtifactError(f"{MLC_CHAT_CONFIG_JSON} has no {key}", hint="re-create the artifact with `personalize add`")
         return value
 
     dtype = model_dtype(chat_config.get("quantization", ""))
-    width = DTYPE_BYTES[dtype]
+    width = numpy_dtype(dtype).itemsize
     heads = int(field("num_attention_heads"))
     hidden = int(field("hidden_size"))
     kv_heads = int(mc.get("num_key_value_heads") or heads)

@@ -15,12 +15,26 @@ MLC_CHAT_CONFIG_VERSION = "0.1.0"
 LINEAGE_JSON = "personalize.json"
 MODEL_CARD = "README.md"
 
-# gen_config copies these (in this order) when they sit next to config.json.
+# Files of a Hugging Face model directory that an artifact reads or carries.
+CONFIG_JSON = "config.json"
+GENERATION_CONFIG_JSON = "generation_config.json"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_MODEL = "tokenizer.model"
+TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
+CHAT_TEMPLATE_JINJA = "chat_template.jinja"
+
+# Every tokenizer-side file of a model directory, in the order they are copied. The first six are
+# MLC gen_config's list (it copies exactly these, in this order, into tokenizer_files).
 TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
+    TOKENIZER_MODEL,
+    TOKENIZER_JSON,
     "vocab.json",
     "merges.txt",
     "added_tokens.json",
-    "tokenizer_config.json",
+    TOKENIZER_CONFIG_JSON,
+    "special_tokens_map.json",
+    CHAT_TEMPLATE_JINJA,
+    "chat_template.json",
+    GENERATION_CONFIG_JSON,
 )
+MLC_TOKENIZER_FILES = TOKENIZER_FILES[:6]

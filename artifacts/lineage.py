@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import LineageError
+from .files import read_json_object, sha256_file, write_json_atomic
 from .format import LINEAGE_JSON
 
-_CHUNK = 1 << 20
-
-
-def hash_file(path: Path) -> str:
-    """sha256 hex of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+hash_file = sha256_file  # the name lineage callers know
 
 
 HUB_BOOKKEEPING = {".gitattributes", ".cache"}
@@ -62,22 +52,13 @@ def write_lineage(artifact_dir: Path, doc: dict[str, Any], *, known_sha256: dict
     artifact_dir = Path(artifact_dir)
     if "files" not in doc:
         doc["files"] = file_map(artifact_dir, known_sha256)
-    tmp = artifact_dir / f".{LINEAGE_JSON}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, artifact_dir / LINEAGE_JSON)
+    write_json_atomic(artifact_dir / LINEAGE_JSON, doc)
 
 
 def read_lineage(artifact_dir: Path) -> dict[str, Any]:
+    """personalize.json as a dict; LineageError if it is missing or not a JSON object."""
     path = Path(artifact_dir) / LINEAGE_JSON
     if not path.is_file():
         raise LineageError(f"no {LINEAGE_JSON} in {artifact_dir}", path=path,
                            hint="not written by personalize; re-create it with `personalize add`")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LineageError(f"{LINEAGE_JSON} is not valid JSON: {exc}", path=path,
-                           hint="re-create the artifact with `personalize add`") from exc
-    if not isinstance(doc, dict):
-        raise LineageError(f"{LINEAGE_JSON} is not a JSON object", path=path,
-                           hint="re-create the artifact with `personalize add`")
-    return doc
+    return read_json_object(path, error=LineageError)

@@ -1,7 +1,8 @@
 """README.md model card for an artifact: Hub YAML front matter + lineage, numbers and how to run it.
 
-Rendered only from personalize.json (lineage) and mlc-chat-config.json, so it is deterministic
-and can be re-rendered for another repo id at push time.
+Rendered from personalize.json (lineage), mlc-chat-config.json and the tensor cache of the artifact
+directory (for the VRAM estimate), so it is deterministic and can be re-rendered for another repo
+id at push time.
 """
 
 from __future__ import annotations
@@ -151,22 +152,30 @@ def _scales_note(lineage: dict) -> str:
             "and library of this quantization runs it, but the bytes differ from `mlc_llm convert_weight`")
 
 
-def _vram_bytes(chat_config: dict, artifact_dir) -> int | None:
+def _vram_bytes(chat_config: dict, artifact_dir: Path) -> int | None:
     """The same estimate `personalize share` prints (weights + KV cache + activations)."""
-    if artifact_dir is None or not (Path(artifact_dir) / "tensor-cache.json").is_file():
-        return None
-    tensor_cache = json.loads((Path(artifact_dir) / "tensor-cache.json").read_text())
+    from .tensor_cache import TensorCache  # noqa: PLC0415
+
     try:
-        return estimate_vram(chat_config, tensor_cache).total
+        return estimate_vram(chat_config, TensorCache(artifact_dir).doc).total
     except ArtifactError:
         return None
 
 
+def _exactness(lineage: dict[str, Any]) -> str:
+    """The claim the card may make: bit-exact with MLC only for MLC's own (default) scales."""
+    scales = (lineage.get("quantization_options") or {}).get("scales", "mlc")
+    if scales == "mlc":
+        return "bit-exact with `mlc_llm convert_weight`"
+    return f"in MLC's exact format (per-group scales chosen by personalize, `{scales}`)"
+
+
 def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, repo_id: str | None,
-                      artifact_dir: Path | None = None) -> str:
+                      artifact_dir: Path) -> str:
     """The README.md text (YAML front matter + Markdown body).
 
-    The size comes from lineage["files"]; before that map exists pass `artifact_dir` instead.
+    `artifact_dir` is required: the VRAM estimate (and, before lineage["files"] exists, the size)
+    come from the directory. Prefer `Artifact(path).render_card(repo_id)`.
     """
     data = front_matter(lineage, chat_config)
     quantization = chat_config.get("quantization") or lineage.get("quantization", "?")
@@ -182,7 +191,7 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
 
     body = [f"# {name}", "",
             f"MLC LLM weights ({quantization}) of a personalized `{model_type}` model, written by "
-            "personalize, bit-exact with `mlc_llm convert_weight`. They run on an "
+            f"personalize, {_exactness(lineage)}. They run on an "
             "already-compiled model library of the base architecture: no recompilation.", "",
             "## Lineage", "", *_lineage_lines(lineage), "",
             "## Format", "",

@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 from .errors import TensorCacheError
+from .files import read_json_object
 from .format import (
     DEFAULT_SHARD_CAP_BYTES,
     ENCODE_FORMATS,
@@ -71,6 +72,20 @@ def stored_nbytes(shape: list[int] | tuple[int, ...], dtype: str, fmt: str) -> i
     if fmt == "f32-to-bf16" and dtype == "float32":
         itemsize = 2
     return math.prod(shape) * itemsize
+
+
+def parameter_bytes(tensor_cache: dict[str, Any]) -> int:
+    """Bytes of every record on the device: numel * itemsize (f32-to-bf16 float32 decodes to 4 bytes)."""
+    total = 0
+    for shard in tensor_cache.get("records", []):
+        for rec in shard.get("records", []):
+            try:
+                itemsize = numpy_dtype(rec["dtype"]).itemsize
+            except TensorCacheError:
+                raise TensorCacheError(f"unknown dtype {rec['dtype']!r} for {rec['name']} in {TENSOR_CACHE_JSON}",
+                                       hint="re-create the artifact with `personalize add`") from None
+            total += math.prod(int(d) for d in rec["shape"]) * itemsize
+    return total
 
 
 def param_stats(param_count: int, param_bytes: float, total_source_params: int) -> dict[str, Any]:
@@ -265,26 +280,112 @@ def b16_document(doc: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def read_tensor_cache(artifact_dir: Path) -> dict[str, Any]:
-    """Parsed tensor-cache.json (falls back to ndarray-cache.json for older artifacts)."""
-    artifact_dir = Path(artifact_dir)
+class TensorCache:
+    """An artifact's tensor cache, read once: records by name, shards, byte counts, decoded tensors.
+
+    In the spirit of gguf-py's GGUFReader: the JSON is parsed on construction (tensor-cache.json,
+    else the legacy ndarray-cache.json), tensors are read on demand and decoded exactly as MLC
+    stores them ("raw", or "f32-to-bf16" float32 -> float32).
+    """
+
+    def __init__(self, artifact_dir: Path):
+        self.artifact_dir = Path(artifact_dir)
+        self.path, self.doc = _read_document(self.artifact_dir)
+        self.metadata: dict[str, Any] = self.doc.get("metadata") or {}
+        self.shards: list[dict[str, Any]] = self.doc["records"]
+        self.records: dict[str, dict[str, Any]] = {}
+        self._shard_of: dict[str, dict[str, Any]] = {}
+        for shard in self.shards:
+            if not isinstance(shard, dict) or not isinstance(shard.get("records"), list):
+                raise TensorCacheError(f"{self.path.name} has a malformed shard entry", path=self.path,
+                                       hint="re-create the artifact with `personalize add`")
+            for rec in shard["records"]:
+                if not isinstance(rec, dict) or not isinstance(rec.get("name"), str):
+                    raise TensorCacheError(f"{self.path.name} has a record without a name",
+                                           path=self.path, hint="re-create the artifact with `personalize add`")
+                self.records[rec["name"]] = rec
+                self._shard_of[rec["name"]] = shard
+
+    # -- what is in it --------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        """Parameter names in record order."""
+        return list(self.records)
+
+    @property
+    def shard_files(self) -> list[str]:
+        """Shard file names (dataPath), in the order tensor-cache.json lists them."""
+        return [shard["dataPath"] for shard in self.shards if "dataPath" in shard]
+
+    @property
+    def param_bytes(self) -> int:
+        """Bytes of every parameter on the device: numel * itemsize (f32-to-bf16 decodes to 4 bytes)."""
+        return parameter_bytes(self.doc)
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of all shard files as tensor-cache.json records them."""
+        return sum(int(shard.get("nbytes", 0)) for shard in self.shards)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.records
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return self.items()
+
+    # -- tensors ----------------------------------------------------------------------------
+    def load(self, name: str) -> np.ndarray:
+        """One tensor, decoded."""
+        if name not in self.records:
+            raise TensorCacheError(f"no tensor named {name!r} in the tensor cache", path=self.path,
+                                   hint="is this the artifact you meant?")
+        shard = self._shard_of[name]
+        with self._open(shard) as handle:
+            return self._read(shard, self.records[name], handle)
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """Every (name, tensor) in record order, one open file per shard."""
+        for shard in self.shards:
+            with self._open(shard) as handle:
+                for rec in shard["records"]:
+                    yield rec["name"], self._read(shard, rec, handle)
+
+    def _open(self, shard: dict[str, Any]):
+        path = self.artifact_dir / shard["dataPath"]
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError as exc:
+            raise TensorCacheError(f"missing shard {shard['dataPath']}", path=path,
+                                   hint="download or re-create the artifact") from exc
+
+    def _read(self, shard: dict[str, Any], rec: dict[str, Any], handle) -> np.ndarray:
+        handle.seek(rec["byteOffset"])
+        raw = handle.read(rec["nbytes"])
+        if len(raw) != rec["nbytes"]:
+            raise TensorCacheError(f"{shard['dataPath']} is shorter than the record {rec['name']!r} needs",
+                                   path=self.artifact_dir / shard["dataPath"],
+                                   hint="the shard is truncated; re-create it")
+        return decode_record(raw, rec)
+
+
+def _read_document(artifact_dir: Path) -> tuple[Path, dict[str, Any]]:
     for fname in (TENSOR_CACHE_JSON, NDARRAY_CACHE_JSON):
         path = artifact_dir / fname
-        if path.is_file():
-            try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise TensorCacheError(f"{fname} is not valid JSON: {exc}", path=path,
-                                       hint="re-create the artifact with `personalize add`") from exc
-            if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+        doc = read_json_object(path, error=TensorCacheError, missing_ok=True)
+        if doc is not None:
+            if not isinstance(doc.get("records"), list):
                 raise TensorCacheError(f"{fname} has no records list", path=path,
                                        hint="re-create the artifact with `personalize add`")
-            return doc
+            return path, doc
     raise TensorCacheError(f"no {TENSOR_CACHE_JSON} in {artifact_dir}", path=artifact_dir / TENSOR_CACHE_JSON,
                            hint="is this an MLC weight directory?")
 
 
-def _decode_record(raw: bytes, rec: dict[str, Any]) -> np.ndarray:
+def decode_record(raw: bytes, rec: dict[str, Any]) -> np.ndarray:
+    """A record's bytes as MLC decodes them: f32-to-bf16 float32 comes back as float32."""
     dtype = rec["dtype"]
     shape = tuple(rec["shape"])
     if rec["format"] == "f32-to-bf16" and dtype == "float32":
@@ -292,49 +393,20 @@ def _decode_record(raw: bytes, rec: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(raw, dtype=numpy_dtype(dtype)).reshape(shape).copy()
 
 
-def _read_record(artifact_dir: Path, shard: dict[str, Any], rec: dict[str, Any], handle) -> np.ndarray:
-    handle.seek(rec["byteOffset"])
-    raw = handle.read(rec["nbytes"])
-    if len(raw) != rec["nbytes"]:
-        raise TensorCacheError(f"{shard['dataPath']} is shorter than the record {rec['name']!r} needs",
-                               path=artifact_dir / shard["dataPath"], hint="the shard is truncated; re-create it")
-    return _decode_record(raw, rec)
+# Short forms over the one reader, for callers that need a single answer.
+TensorCacheIndex = TensorCache
+
+
+def read_tensor_cache(artifact_dir: Path) -> dict[str, Any]:
+    """Parsed tensor-cache.json (falls back to ndarray-cache.json for older artifacts)."""
+    return TensorCache(artifact_dir).doc
 
 
 def iter_tensors(artifact_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Every tensor in record order, decoded (f32-to-bf16 float32 comes back as float32)."""
-    artifact_dir = Path(artifact_dir)
-    doc = read_tensor_cache(artifact_dir)
-    for shard in doc["records"]:
-        path = artifact_dir / shard["dataPath"]
-        try:
-            handle = open(path, "rb")  # noqa: SIM115
-        except FileNotFoundError as exc:
-            raise TensorCacheError(f"missing shard {shard['dataPath']}", path=path,
-                                   hint="download or re-create the artifact") from exc
-        with handle:
-            for rec in shard["records"]:
-                yield rec["name"], _read_record(artifact_dir, shard, rec, handle)
-
-
-class TensorCacheIndex:
-    """tensor-cache.json parsed once, for reading many tensors by name."""
-
-    def __init__(self, artifact_dir: Path):
-        self.artifact_dir = Path(artifact_dir)
-        doc = read_tensor_cache(self.artifact_dir)
-        self.records = {rec["name"]: (shard, rec) for shard in doc["records"] for rec in shard["records"]}
-
-    def load(self, name: str) -> np.ndarray:
-        """One tensor, decoded."""
-        if name not in self.records:
-            raise TensorCacheError(f"no tensor named {name!r} in the tensor cache",
-                                   path=self.artifact_dir / TENSOR_CACHE_JSON)
-        shard, rec = self.records[name]
-        with open(self.artifact_dir / shard["dataPath"], "rb") as handle:
-            return _read_record(self.artifact_dir, shard, rec, handle)
+    """Every tensor in record order, decoded."""
+    return TensorCache(artifact_dir).items()
 
 
 def load_tensor(artifact_dir: Path, name: str) -> np.ndarray:
     """One tensor by name, decoded."""
-    return TensorCacheIndex(artifact_dir).load(name)
+    return TensorCache(artifact_dir).load(name)

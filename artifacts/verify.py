@@ -6,13 +6,13 @@ Every file is read once (sha256 and, for shards, md5 in the same pass).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .conversation import Conversation
 from .errors import ArtifactError
+from .files import file_digests, read_json_object
 from .format import (
     LINEAGE_JSON,
     MLC_CHAT_CONFIG_JSON,
@@ -48,12 +48,7 @@ class _Digests:
 
     def get(self, rel: str) -> tuple[str, str]:
         if rel not in self._cache:
-            sha, md5 = hashlib.sha256(), hashlib.md5()
-            with open(self.root / rel, "rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    sha.update(chunk)
-                    md5.update(chunk)
-            self._cache[rel] = (sha.hexdigest(), md5.hexdigest())
+            self._cache[rel] = file_digests(self.root / rel, "sha256", "md5")
         return self._cache[rel]
 
 
@@ -71,14 +66,16 @@ def verify_artifact(artifact_dir: Path, *, require_lineage: bool = True) -> list
     return problems
 
 
-def _load_json(root: Path, rel: str, problems: list[Problem]) -> Any:
+def _load_json(root: Path, rel: str, problems: list[Problem]) -> dict[str, Any] | None:
+    """The JSON object in `rel`, or None with the reason appended to `problems`."""
     try:
-        return json.loads((root / rel).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        doc = read_json_object(root / rel, missing_ok=True)
+    except ArtifactError as exc:
+        problems.append(Problem(rel, exc.message.removeprefix(f"{rel} ")))
+        return None
+    if doc is None:
         problems.append(Problem(rel, "missing"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(Problem(rel, f"not valid JSON: {exc}"))
-    return None
+    return doc
 
 
 def _check_lineage(root: Path, digests: _Digests, required: bool) -> tuple[list[Problem], dict[str, Any]]:
@@ -89,7 +86,7 @@ def _check_lineage(root: Path, digests: _Digests, required: bool) -> tuple[list[
     lineage = _load_json(root, LINEAGE_JSON, problems)
     if lineage is None:
         return problems, {}
-    files = lineage.get("files") if isinstance(lineage, dict) else None
+    files = lineage.get("files")
     if not isinstance(files, dict):
         return [Problem(LINEAGE_JSON, "has no files map")], {}
     present = set(artifact_files(root))
@@ -113,7 +110,7 @@ def _check_tensor_cache(root: Path, digests: _Digests, recorded: dict[str, Any])
     doc = _load_json(root, TENSOR_CACHE_JSON, problems)
     if doc is None:
         return problems
-    if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+    if not isinstance(doc.get("records"), list):
         return [Problem(TENSOR_CACHE_JSON, "has no records list")]
     names: set[str] = set()
     count = 0
@@ -182,14 +179,15 @@ def _check_chat_config(root: Path) -> list[Problem]:
     doc = _load_json(root, MLC_CHAT_CONFIG_JSON, problems)
     if doc is None:
         return problems
-    if not isinstance(doc, dict):
-        return [Problem(MLC_CHAT_CONFIG_JSON, "is not a JSON object")]
     for key in REQUIRED_CHAT_KEYS:
         if key not in doc:
             problems.append(Problem(MLC_CHAT_CONFIG_JSON, f"lacks {key!r}"))
     conv = doc.get("conv_template")
-    if conv is not None and not (isinstance(conv, dict) and "roles" in conv and "seps" in conv):
-        problems.append(Problem(MLC_CHAT_CONFIG_JSON, "conv_template is not a conversation object"))
+    if conv is not None:
+        try:
+            Conversation.from_json(conv)
+        except ArtifactError as exc:
+            problems.append(Problem(MLC_CHAT_CONFIG_JSON, f"conv_template: {exc.message}"))
     for name in doc.get("tokenizer_files", []) or []:
         if not (root / name).is_file():
             problems.append(Problem(name, f"listed in {MLC_CHAT_CONFIG_JSON} tokenizer_files but missing"))

@@ -7,3 +7,7 @@ from personalize_errors import UserError
 
 class IngestError(UserError):
     """A source (model, adapter, weights) cannot be read as given."""
+
+
+class AdapterError(IngestError):
+    """A user-facing problem with an adapter: `path` is the file at fault, `hint` says what to do."""

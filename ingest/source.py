@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from artifacts.format import TOKENIZER_FILES  # the one list (MLC gen_config's six first)
+
+from .config_check import check_config
 from .errors import IngestError
+from .tokenizer_check import check_tokenizer_files
 from .weights import WeightReader
 
 SourceKind = Literal["model", "adapter"]
 
-TOKENIZER_FILES = (
-    "tokenizer.model", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
-    "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
-    "generation_config.json",
-)
 
 
 def detect_kind(path: Path) -> SourceKind:
@@ -37,10 +36,10 @@ def detect_kind(path: Path) -> SourceKind:
 
 def read_json(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes())
     except FileNotFoundError as exc:
         raise IngestError(f"{path.name} is missing", path=path, hint="save the model again with save_pretrained") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise IngestError(f"{path.name} is not valid JSON ({exc})", path=path,
                           hint="repair or re-save the file") from exc
     if not isinstance(doc, dict):
@@ -78,8 +77,13 @@ def open_model_dir(path: Path) -> ModelDir:
         raise IngestError(f"{path} is a PEFT adapter, not a full model", path=path,
                           hint="pass it as the SOURCE of `personalize add` with --base")
     config = read_json(path / "config.json")
-    # Multimodal/nested configs keep the language model under text_config.
-    if "model_type" not in config:
-        raise IngestError("config.json has no model_type", path=path / "config.json",
-                          hint="use the config.json written by transformers")
-    return ModelDir(path=path, config=config, weights=WeightReader(path))
+    # A multimodal config keeps its language model under text_config; that layout is not supported.
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise IngestError("config.json has no model_type" if "model_type" not in config else
+                          f"config.json: model_type must be a name, got {config['model_type']!r}",
+                          path=path / "config.json", hint="use the config.json written by transformers")
+    weights = WeightReader(path)
+    # Untrusted sizes are checked against the tensors present before anything is sized from them.
+    check_config(config, path / "config.json", {n: i.shape for n, i in weights.tensors.items()})
+    check_tokenizer_files(path)
+    return ModelDir(path=path, config=config, weights=weights)

@@ -10,6 +10,7 @@ flight, not the size of the checkpoint (touched mmap pages would count as ours u
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ SAFETENSORS_DTYPES = {
     "BOOL": np.dtype(np.bool_),
 }
 FLOAT_DTYPES = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)}
+
+# safetensors' own limit on the JSON header
+MAX_HEADER_BYTES = 100_000_000
 
 CORRUPT_HINT = "the file is truncated or corrupt: download or save the checkpoint again"
 
@@ -82,6 +86,12 @@ def _read_index(index: Path) -> dict[str, str]:
         raise IngestError(f"unreadable weight index: {exc}", path=index, hint=CORRUPT_HINT) from exc
     if not isinstance(weight_map, dict) or not weight_map:
         raise IngestError("weight index has an empty weight_map", path=index, hint=CORRUPT_HINT)
+    for name, file_name in weight_map.items():
+        # a shard is a plain file name next to the index, never a path that leaves the directory
+        if not isinstance(file_name, str) or not file_name or Path(file_name).name != file_name \
+                or file_name in (".", ".."):
+            raise IngestError(f"weight index maps {name} to {file_name!r}, not a file name", path=index,
+                              hint=CORRUPT_HINT)
     return weight_map
 
 
@@ -99,7 +109,12 @@ def _files_from_index(index: Path) -> list[Path]:
 
 
 def read_safetensors_header(path: Path) -> list[TensorInfo]:
-    """Parse the header (8-byte length + JSON) and check every tensor lies inside the file."""
+    """Every tensor of a safetensors file, validated as strictly as the safetensors library does.
+
+    Our own checks come first so that each defect gets a message that names the tensor; then
+    safetensors' parser (safe_open) sees the same file, so nothing it would refuse gets through.
+    The data itself is read later with positioned reads (see `_read_safetensors`).
+    """
     size = path.stat().st_size
     try:
         with path.open("rb") as fh:
@@ -107,26 +122,113 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
             if len(head) < 8:
                 raise ValueError("shorter than its header")
             (length,) = struct.unpack("<Q", head)
-            if length > min(size - 8, 100 * 2**20):
+            if length > min(size - 8, MAX_HEADER_BYTES):
                 raise ValueError("header length exceeds the file")
             header = json.loads(fh.read(length))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IngestError(f"not a valid safetensors file ({exc})", path=path, hint=CORRUPT_HINT) from exc
-    data_size = size - 8 - length
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise IngestError(f"not a valid safetensors file ({_first_line(exc)})", path=path, hint=CORRUPT_HINT) from exc
+    infos = _parse_header(header, path, data_start=8 + length, data_size=size - 8 - length)
+    _check_with_safetensors(path)
+    return infos
+
+
+def _parse_header(header: object, path: Path, data_start: int, data_size: int) -> list[TensorInfo]:
+    """The safetensors format's rules: a JSON object of {dtype, shape, data_offsets} entries whose
+    byte ranges are non-negative, match the shape, and tile the data buffer exactly (no overlap, no gap)."""
+    def bad(message: str) -> IngestError:
+        return IngestError(f"invalid safetensors header: {message}", path=path, hint=CORRUPT_HINT)
+
+    if not isinstance(header, dict):
+        raise bad(f"a JSON {type(header).__name__}, not an object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("__metadata__ must map strings to strings")
     infos: list[TensorInfo] = []
+    ranges: list[tuple[int, int, str]] = []
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        dtype = SAFETENSORS_DTYPES.get(meta.get("dtype"))
+        if not isinstance(meta, dict) or not {"dtype", "shape", "data_offsets"} <= set(meta):
+            raise bad(f"tensor {name} needs dtype, shape and data_offsets")
+        shape, offsets = meta["shape"], meta["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise bad(f"tensor {name} has shape {shape!r} (dimensions must be integers >= 0)")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+                or offsets[0] > offsets[1]:
+            raise bad(f"tensor {name} has data_offsets {offsets!r} (two integers 0 <= begin <= end)")
+        dtype = SAFETENSORS_DTYPES.get(meta["dtype"]) if isinstance(meta["dtype"], str) else None
         if dtype is None:
-            raise IngestError(f"tensor {name} has unsupported dtype {meta.get('dtype')}", path=path,
+            raise IngestError(f"tensor {name} has unsupported dtype {meta['dtype']}", path=path,
                               hint="save the model in float32, float16 or bfloat16")
-        shape = tuple(int(d) for d in meta["shape"])
-        start, end = meta["data_offsets"]
-        if end > data_size or end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        start, end = offsets
+        if end > data_size:
             raise IngestError(f"tensor {name} lies outside the file (truncated?)", path=path, hint=CORRUPT_HINT)
-        infos.append(TensorInfo(name, shape, dtype, path, offset=8 + length + int(start)))
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise bad(f"tensor {name} spans {end - start} bytes but its shape {shape} needs "
+                      f"{math.prod(shape) * dtype.itemsize}")
+        ranges.append((start, end, name))
+        infos.append(TensorInfo(name, tuple(shape), dtype, path, offset=data_start + start))
+    position = 0
+    for start, end, name in sorted(ranges):
+        if start != position:
+            raise bad(f"tensor {name} starts at byte {start}, expected {position} (overlapping or gapped data)")
+        position = end
+    if position != data_size:
+        raise bad(f"the data section has {data_size - position} bytes that belong to no tensor")
     return infos
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_with_safetensors(path: Path) -> None:
+    """safetensors' own parser as the last word on the header (it opens the file, reads no tensor)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise IngestError(f"not a valid safetensors file ({_first_line(exc)})", path=path, hint=CORRUPT_HINT) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class TensorFile:
+    """One weights file (safetensors, or a torch .bin state dict) by tensor name, read on demand.
+
+    Used for adapter weights: the same header policy and the same .bin loader as full models.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._state: dict | None = None
+        if self.path.suffix == ".safetensors":
+            # sorted, as safe_open().keys() lists them
+            self.infos = {i.name: i for i in sorted(read_safetensors_header(self.path), key=lambda i: i.name)}
+        else:
+            self._state = _torch_load(self.path)
+            self.infos = {name: TensorInfo(name, tuple(t.shape), _torch_to_numpy_dtype(t.dtype, self.path, name),
+                                           self.path) for name, t in self._state.items()}
+
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.infos[name].shape
+
+    def read(self, name: str) -> np.ndarray:
+        """One tensor in its stored dtype (bf16 as ml_dtypes.bfloat16)."""
+        if self._state is None:
+            return _read_safetensors([self.infos[name]])[name]
+        return _torch_to_numpy(self._state[name])
+
+    def close(self) -> None:
+        self._state = None
 
 
 class WeightReader:
@@ -237,17 +339,23 @@ def _read_safetensors(infos: list[TensorInfo]) -> dict[str, np.ndarray]:
 
 
 def _torch_load(path: Path) -> dict:
+    """A .bin state dict: weights_only (never run pickled code), memory-mapped when the format allows."""
     import torch
 
     try:
-        # mmap: tensors are paged in only when read; weights_only: never run pickled code.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap: tensors are paged in only when read; the old (non-zip) torch format cannot be mapped.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001
-            raise IngestError(f"cannot load {path.name}: {str(exc).splitlines()[0]}", path=path,
+            raise IngestError(f"cannot load {path.name}: {_first_line(exc)}", path=path,
                               hint=CORRUPT_HINT + " (only plain tensor state dicts are accepted)") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise IngestError(f"{path.name} is not a state dict of tensors", path=path,
+                          hint="re-save it with save_pretrained(safe_serialization=True)")
+    return state
 
 
 def _torch_to_numpy_dtype(dtype, path: Path, name: str) -> np.dtype:

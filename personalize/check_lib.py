@@ -27,9 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artifacts.chat_config import read_chat_config
-from artifacts.format import TENSOR_CACHE_JSON
-from artifacts.tensor_cache import read_tensor_cache
+from artifacts import Artifact
 from catalog import Library, config_differences, find_by_file, find_by_metadata, normalize_config
 from catalog.library_metadata import local_library, read_library_metadata
 from personalize_errors import UserError
@@ -80,15 +78,15 @@ def check_library(artifact_dir: Path, lib: str, base_config: Path | None = None)
     """Compare an artifact with a compiled library given as a path or an https URL."""
     with local_library(lib) as path:
         metadata = read_library_metadata(path)
-    chat = read_chat_config(artifact_dir)
-    records = {r["name"]: r for shard in read_tensor_cache(artifact_dir)["records"] for r in shard["records"]}
+    artifact = Artifact(artifact_dir)
+    chat, cache = artifact.chat_config, artifact.tensor_cache
     result = LibraryCheck(library=lib, metadata=metadata, reference=None)
-    compare_metadata(result, metadata, chat, records, Path(artifact_dir))
+    compare_metadata(result, metadata, chat, cache.records, cache.path)
     compare_scalars(result, metadata, chat, lib, base_config)
     return result
 
 
-def compare_metadata(result: LibraryCheck, meta: dict, chat: dict, records: dict[str, dict], artifact_dir: Path) -> None:
+def compare_metadata(result: LibraryCheck, meta: dict, chat: dict, records: dict[str, dict], cache_path: Path) -> None:
     add = result.mismatches.append
     for key in ("model_type", "quantization"):
         if chat.get(key) != meta.get(key):
@@ -100,7 +98,7 @@ def compare_metadata(result: LibraryCheck, meta: dict, chat: dict, records: dict
         if mine is not None and mine != value:
             add(Mismatch(f"model_config.{key}", value, mine, f"{key}: the library's KV cache has {value}, the "
                          f"artifact {mine}"))
-    cache = str(artifact_dir / TENSOR_CACHE_JSON)
+    cache = str(cache_path)
     for p in meta.get("params", []):
         rec = records.get(p["name"])
         if rec is None:

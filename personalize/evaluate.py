@@ -97,11 +97,12 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
 
 def run_gate(artifact_dir: Path, reference_dir: Path, adapter_dir: Path | None, quantization: str,
              device: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
-    from personalize import load as load_artifact
+    from artifacts import Artifact
+    from personalize.runtime import load as load_artifact
 
     if log:
         log("equivalence gate: loading the artifact into its library (built once per library key)")
-    model = load_artifact(str(artifact_dir), device=device)
+    model = load_artifact(Artifact(artifact_dir), device=device)  # as is: `add` gates a staged directory
     seqs = gate_sequences(model)
     reference = load_reference(Path(reference_dir), adapter_dir)
     totals = {"kl_sum": 0.0, "positions": 0, "top1_equal": 0}
@@ -141,7 +142,30 @@ def run_gate(artifact_dir: Path, reference_dir: Path, adapter_dir: Path | None, 
 
 
 def make_gate(*, reference_dir: Path, adapter_dir: Path | None, device: str, log=None):
+    """The gate `add` runs on the staged artifact, for any source kind."""
     def gate(artifact_dir: Path, lineage: dict) -> dict:
         return run_gate(artifact_dir, reference_dir, adapter_dir, lineage["quantization"], device=device, log=log)
 
     return gate
+
+
+def reevaluate(artifact_dir: Path, device: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
+    """`personalize eval`: rerun the gate against the reference the lineage names; record the numbers
+    in personalize.json and the model card."""
+    from artifacts import Artifact
+
+    from .finalize import record_eval
+
+    lineage = dict(Artifact(artifact_dir).lineage)
+    source = lineage.get("source", {})
+    if source.get("kind") == "adapter":
+        reference, adapter = Path(lineage["base"]["path"]), Path(source["path"])
+    else:
+        reference, adapter = Path(source.get("path", "")), None
+    for p in (reference, adapter):
+        if p is not None and not p.is_dir():
+            raise EquivalenceError(f"the reference model is gone: {p}", path=str(p),
+                                   hint="eval needs the source (and base) the artifact was made from")
+    result = run_gate(artifact_dir, reference, adapter, lineage["quantization"], device=device, log=log)
+    record_eval(artifact_dir, lineage, result)
+    return result

@@ -1,36 +1,31 @@
-"""`personalize add`: ingest -> (merge) -> quantize -> write, into a temp dir renamed into place.
+"""Planning a conversion and the streaming write loop: read -> (merge | reuse) -> quantize -> shard.
 
 The stages stream: one library parameter (its few HF source tensors) is in memory at a time, and
-each finished tensor goes straight into the shard writer.
+each finished tensor goes straight into the shard writer. What differs between a full fine-tune
+and an adapter is given as `WeightSteps` (merge, reuse); personalize/add.py runs the rest.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
-import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from artifacts.chat_config import build_chat_config, write_chat_config
-from artifacts.lineage import write_lineage
 from artifacts.tensor_cache import TensorCacheWriter
 from ingest.errors import IngestError
-from ingest.source import ModelDir, config_sha256, open_model_dir
+from ingest.source import ModelDir
 from quantize import NonFiniteWeightError, check_scale_mode, get_scheme, library_params, quantize_param
 from quantize.spec import SourceParam
-from registry.store import Registry, check_name, staged_directory
+from registry.store import pause_point
 
 from .arch import Architecture, LibraryConfig, get_architecture, library_key
 from .ordering import counted_source_params, loading_order
 from .prebuilt import fit_prebuilt
-from .versions import tool_versions
 
 DEFAULT_QUANTIZATION = "q4f16_1"
 
@@ -45,6 +40,7 @@ class StageTimer:
 
     @contextmanager
     def time(self, stage: str) -> Iterator[None]:
+        pause_point(stage)  # tests only: PERSONALIZE_TEST_PAUSE_AT=<stage> stops here (tests/test_registry_faults.py)
         t0 = time.perf_counter()
         try:
             yield
@@ -127,15 +123,33 @@ MergeFn = Callable[[str, np.ndarray], np.ndarray]
 ReuseFn = Callable[[SourceParam], "list[tuple[str, np.ndarray]] | None"]
 
 
-def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progress: ProgressFn | None = None,
-                  merge: MergeFn | None = None, reuse: ReuseFn | None = None,
-                  merge_targets: set[str] | None = None) -> dict:
-    """Stream every parameter through read -> merge -> quantize -> shard writer. Returns the cache doc.
+@dataclass(frozen=True)
+class WeightSteps:
+    """The optional per-parameter steps of the write loop (none for a plain full fine-tune).
 
-    Also hashes the source tensors as they stream by (name, shape, dtype, bytes): the content hash
-    that pins a base model without a second pass over its files.
+    reuse: tried first; finished tensors copied from another artifact skip read, merge and quantize.
+    merge: applied to every source tensor after reading it.
+    merge_targets: the source tensors `merge` changes; the others may stream in row blocks.
+    """
+
+    merge: MergeFn | None = None
+    merge_targets: frozenset[str] = frozenset()
+    reuse: ReuseFn | None = None
+
+    def merges(self, source: str) -> bool:
+        return self.merge is not None and source in self.merge_targets
+
+
+def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progress: ProgressFn | None = None,
+                  steps: WeightSteps = WeightSteps()) -> dict:
+    """Stream every parameter through (reuse | read -> merge -> quantize) -> shard writer.
+
+    Returns the tensor-cache doc, the shards' sha256, how many parameters were reused and the
+    content hash of the source tensors, taken as they stream by (name, shape, dtype, bytes): it pins
+    a base model without a second pass over its files (None when some tensors were reused, unread).
     """
     scheme = get_scheme(plan.quantization)
+    merge, reuse = steps.merge, steps.reuse
     writer = TensorCacheWriter(out_dir)
     infos = plan.model.weights.tensors
     tensor_digests: dict[str, str] = {}
@@ -146,7 +160,7 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
         if outputs is not None:
             reused += 1
         elif len(param.sources) == 1 and infos[param.sources[0]].nbytes > ROW_CHUNK_BYTES \
-                and (merge is None or (merge_targets is not None and param.sources[0] not in merge_targets)):
+                and not steps.merges(param.sources[0]):
             outputs = quantize_in_row_blocks(plan, param, scheme, timer, tensor_digests)
         else:
             with timer.time("read"):
@@ -249,128 +263,21 @@ def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 @dataclass
-class AddResult:
-    name: str | None
-    path: Path
-    lineage: dict[str, Any]
+class PreparedSource:
+    """What one kind of source (full fine-tune, adapter) contributes to the one add pipeline.
 
+    Built by `add.model_source` / `adapter_steps.adapter_source` before anything is written; the
+    orchestrator (`add.convert`) runs the same steps for every kind and calls these hooks.
+    """
 
-def add_model(source: Path | str, *, quantization: str = DEFAULT_QUANTIZATION, name: str | None = None,
-              output: Path | None = None, conv_template: str | None = None, force: bool = False,
-              registry: Registry | None = None, progress: ProgressFn | None = None,
-              progress_total: Callable[[int], None] | None = None,
-              source_record: dict | None = None,
-              gate: Callable[[Path, dict], dict | None] | None = None, scales: str = "mlc",
-              context_window: int | None = None, prefill_chunk: int | None = None) -> AddResult:
-    """Convert a full HF model directory into an artifact (in the registry, or at `output`)."""
-    t_start = time.perf_counter()
-    registry = registry or Registry()
-    model = open_model_dir(Path(source))
-    plan = plan_conversion(model, quantization, scales=scales, context_window=context_window,
-                           prefill_chunk=prefill_chunk)
-    name, destination = resolve_destination(registry, name, output, model.path, quantization, scales)
-    if progress_total:
-        progress_total(plan.source_bytes)
-    timer = StageTimer()
-    with staged_directory(destination, force) as tmp, side_process() as pool:
-        # The chat config needs transformers' tokenizer (seconds of imports): build it meanwhile.
-        chat = pool.submit(build_chat_config, model_type=plan.config.model_type, quantization=plan.quantization,
-                           model_config=plan.config.model_config, source_dir=model.path,
-                           conv_template=conv_template)
-        weights = write_weights(plan, tmp, timer, progress)
-        with timer.time("write"):
-            chat_config = write_chat_files(tmp, chat.result())
-        lineage = build_lineage(plan, name=name, source_kind="model", source_path=model.path,
-                                source_record=source_record)
-        lineage["source"]["content_sha256"] = weights["source_content_sha256"]
-        gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
-    return AddResult(name if output is None else None, destination, lineage)
-
-
-def resolve_destination(registry: Registry, name: str | None, output: Path | None, source: Path,
-                        quantization: str, scales: str) -> tuple[str | None, Path]:
-    """(registry name, directory): --output wins; else the registry under --name or a default name."""
-    if output is not None:
-        return name, Path(output)
-    name = check_name(name or default_name(source, quantization, scales))
-    return name, registry.path(name)
-
-
-def gate_and_finalize(tmp: Path, lineage: dict, chat_config: dict, weights: dict, timer: StageTimer,
-                      t_start: float, gate: Callable[[Path, dict], dict | None] | None) -> None:
-    """Timings, the equivalence gate on the staged artifact (a failure writes nothing), card, hashes."""
-    lineage["timings"] = {k: round(v, 4) for k, v in timer.seconds.items()}
-    if gate is not None:
-        t_eval = time.perf_counter()
-        lineage["eval"] = gate(tmp, lineage)
-        lineage["timings"]["eval"] = round(time.perf_counter() - t_eval, 4)
-    lineage["timings"]["total"] = round(time.perf_counter() - t_start, 4)
-    finalize_artifact(tmp, lineage, chat_config, weights["shard_hashes"])
-
-
-def side_process() -> ThreadPoolExecutor:
-    """One worker thread for the side job (transformers' tokenizer and chat template: seconds of
-    imports) that runs while the weights stream. A spawned process would avoid the GIL but pay a
-    fresh interpreter and torch import, which costs more than it saves."""
-    return ThreadPoolExecutor(1)
-
-
-def write_chat_files(out_dir: Path, built: tuple[dict, list[Path]]) -> dict:
-    """mlc-chat-config.json and the tokenizer files it lists."""
-    chat_config, tokenizer_files = built
-    write_chat_config(out_dir, chat_config)
-    for path in tokenizer_files:
-        shutil.copyfile(path, out_dir / path.name)
-    return chat_config
-
-
-def build_lineage(plan: ConversionPlan, *, name: str | None, source_kind: str, source_path: Path,
-                  source_record: dict | None = None) -> dict[str, Any]:
-    source = {"kind": source_kind, "path": str(Path(source_path).resolve()),
-              "config_sha256": config_sha256(plan.model.config),
-              "weight_files": weight_file_stamps(plan.model)}
-    if source_record:
-        source.update(source_record)
-    return {
-        "format": "personalize-artifact/1",
-        "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": source,
-        "model_type": plan.config.model_type,
-        "quantization": plan.quantization,
-        "quantization_options": {"scales": plan.scales},
-        "library_key": plan.library_key,
-        "compiled_config": plan.config.compiled,
-        "prebuilt_library": plan.prebuilt,
-        "tools": tool_versions(),
-    }
-
-
-def quantization_options(lineage: dict) -> dict:
-    """How an artifact's tensors were quantized beyond the scheme name (older artifacts: MLC's scales)."""
-    return lineage.get("quantization_options") or {"scales": "mlc"}
-
-
-def weight_file_stamps(model: ModelDir) -> dict[str, dict[str, int]]:
-    """Size and mtime of every weight file: a cheap check that a base has not changed since."""
-    out = {}
-    for path in model.weights.files:
-        st = path.stat()
-        out[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return out
-
-
-def finalize_artifact(out_dir: Path, lineage: dict, chat_config: dict, shard_hashes: dict[str, str]) -> None:
-    """Model card + personalize.json with the sha256 and size of every other file."""
-    from artifacts.lineage import file_map
-    from artifacts.model_card import render_model_card
-
-    (out_dir / "README.md").write_text(render_model_card(lineage, chat_config, repo_id=None, artifact_dir=out_dir))
-    lineage["files"] = file_map(out_dir, known_sha256=shard_hashes)
-    write_lineage(out_dir, lineage)
-
-
-def default_name(source: Path, quantization: str, scales: str = "mlc") -> str:
-    stem = Path(source).resolve().name or "model"
-    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-.") or "model"
-    return f"{safe}-{quantization}" + ("" if scales == "mlc" else f"-{scales}")
+    kind: str  # lineage source.kind: "model" | "adapter"
+    path: Path  # what the user named: the lineage's source path and the default registry name
+    plan: ConversionPlan  # the weights that stream (an adapter's base) and how they are converted
+    weight_steps: WeightSteps = WeightSteps()
+    # Stage the directory the chat config and tokenizer come from into a scratch dir (None: the model's).
+    tokenizer_dir: Callable[[Path], Path] | None = None
+    # Add kind-specific lineage once the weights are written: (lineage, write_weights result).
+    annotate_lineage: Callable[[dict, dict], None] | None = None
+    # The gate's reference: a model dir, plus the adapter peft applies on top of it.
+    reference_dir: Path | None = None
+    adapter_dir: Path | None = None

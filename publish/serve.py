@@ -4,22 +4,29 @@ Repos are `local/<name>` for every artifact, plus the repo id each one was last 
 `cleanModelUrl` (which appends `/resolve/main/`) and the MLC apps can fetch from it unchanged. Only
 files listed in the artifact's personalize.json (and personalize.json itself) are served, so no
 request can reach outside the artifact. GET and HEAD, single byte ranges (206 / 416), ETag = the
-sha256 from personalize.json (If-None-Match -> 304), CORS for browsers (WebLLM fetches cross-origin).
+sha256 from personalize.json (If-None-Match, strong or weak `W/"..."` -> 304), CORS for browsers
+(WebLLM fetches cross-origin). Connections are handled by a bounded worker pool and each one has a
+socket timeout, so slow or half-sent requests cannot pile up threads or hold a worker forever.
 `/libs/<file>` serves compiled libraries (e.g. a WebGPU .wasm) from the registry's libs/ directory.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 import re
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from .hub import LINEAGE_FILE, read_published
+from artifacts import Artifact, sha256_file
+from artifacts.format import LINEAGE_JSON
+from personalize_errors import UserError
+from registry.store import read_published
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -33,6 +40,9 @@ LIB_FILE = re.compile(r"^/libs/(?P<file>[A-Za-z0-9][A-Za-z0-9._-]*)$")
 CONTENT_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".txt": "text/plain",
                  ".wasm": "application/wasm", ".jinja": "text/plain; charset=utf-8"}
 CHUNK = 1 << 20
+WORKERS = 32  # connections served at once (a browser opens ~6 per host); more wait in the queue
+BACKLOG = 256  # connections accepted but waiting for a worker; beyond that new ones are closed at once
+TIMEOUT_S = 30.0  # per socket operation: an idle keep-alive or half-sent request frees its worker after this
 
 
 class ArtifactIndex:
@@ -65,13 +75,14 @@ class ArtifactIndex:
         name = self.repos().get(repo)
         if name is None or rev not in self.revisions(name):
             return None
-        root = self._resolve(name)
-        try:
-            lineage = json.loads((root / LINEAGE_FILE).read_text())
-        except (OSError, ValueError):
+        try:  # the registry may change under us (rm, a replace): a vanished artifact is a 404, not a crash
+            artifact = Artifact(self._resolve(name))
+            files = artifact.files
+            revision = artifact.revision
+        except (UserError, OSError):
             return None
-        files = lineage.get("files") or {}
-        if file != LINEAGE_FILE and file not in files:
+        root = artifact.path
+        if file != LINEAGE_JSON and file not in files:
             return None  # only listed files: this is what rules out '..', absolute paths and symlinks out
         path = (root / file).resolve()
         if not path.is_relative_to(root.resolve()) or not path.is_file():
@@ -79,24 +90,25 @@ class ArtifactIndex:
         # huggingface_hub clients require a commit id; the pushed commit when the files are that commit's.
         pushed = read_published(self.home).get(name) or {}
         commit = pushed.get("commit") if repo == pushed.get("repo_id") else None
-        if not commit:
-            commit = hashlib.sha1((root / LINEAGE_FILE).read_bytes()).hexdigest()
-        return path, (files.get(file) if file != LINEAGE_FILE else None), commit
-
-
-_etag_cache: dict[tuple[str, int, int], str] = {}
+        return path, (files.get(file) if file != LINEAGE_JSON else None), commit or revision
 
 
 def _sha256_of(path: Path) -> str:
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _etag_cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                h.update(block)
-        _etag_cache[key] = h.hexdigest()
-    return _etag_cache[key]
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)  # keyed by size and mtime, so a changed file is hashed again
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def etag_matches(if_none_match: str | None, quoted: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/"x" matches "x"."""
+    if not if_none_match:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or quoted in [t[2:] if t.startswith("W/") else t for t in tags]
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
@@ -147,6 +159,12 @@ class ShareHandler(BaseHTTPRequestHandler):
         self._serve()
 
     def _serve(self) -> None:
+        try:
+            self._route()
+        except FileNotFoundError:  # removed between lookup and open (rm, a replace): nothing was sent yet
+            self._error(404, f"not found: {unquote(urlsplit(self.path).path)}")
+
+    def _route(self) -> None:
         raw = urlsplit(self.path).path
         path = unquote(raw)
         if path in ("/", "/api/models"):
@@ -180,8 +198,7 @@ class ShareHandler(BaseHTTPRequestHandler):
         quoted = f'"{etag}"'
         base = {**(extra or {}), "ETag": quoted, "Accept-Ranges": "bytes", "Cache-Control": "no-cache",
                 "Content-Type": CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")}
-        inm = self.headers.get("If-None-Match")
-        if inm and (inm.strip() == "*" or quoted in [t.strip() for t in inm.split(",")]):
+        if etag_matches(self.headers.get("If-None-Match"), quoted):
             return self._headers(304, {**base, "Content-Length": 0})
         wanted = parse_range(self.headers.get("Range", ""), size)
         if_range = self.headers.get("If-Range")
@@ -197,7 +214,12 @@ class ShareHandler(BaseHTTPRequestHandler):
         self._headers(status, {**base, "Content-Length": length})
         if self.command == "HEAD" or length == 0:
             return
-        with open(file, "rb") as f:
+        try:
+            f = open(file, "rb")
+        except FileNotFoundError:  # headers are out: end the connection rather than send a wrong body
+            self.close_connection = True
+            return
+        with f:
             f.seek(start)
             remaining = length
             try:
@@ -207,15 +229,43 @@ class ShareHandler(BaseHTTPRequestHandler):
                         break
                     self.wfile.write(block)
                     remaining -= len(block)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client went away (e.g. it only wanted the first bytes)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True  # the client went away or stalled (e.g. it only wanted the start)
 
 
-def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    handler = type("BoundShareHandler", (ShareHandler,), {"index": index})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+class PooledHTTPServer(HTTPServer):
+    """HTTPServer whose connections run on a fixed pool of worker threads (not a thread per connection)."""
+
+    def __init__(self, address, handler, *, workers: int = WORKERS, backlog: int = BACKLOG):
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="personalize-serve")
+        self._slots = threading.BoundedSemaphore(workers + backlog)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):  # overloaded: refuse now rather than queue without end
+            self.shutdown_request(request)
+            return
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one bad connection never stops the server
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ArtifactIndex", "ShareHandler", "make_server", "parse_range", "CORS_HEADERS"]
+def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765, *, workers: int = WORKERS,
+                timeout: float = TIMEOUT_S) -> PooledHTTPServer:
+    handler = type("BoundShareHandler", (ShareHandler,), {"index": index, "timeout": timeout})
+    return PooledHTTPServer((host, port), handler, workers=workers)
+
+
+__all__ = ["ArtifactIndex", "PooledHTTPServer", "ShareHandler", "etag_matches", "make_server", "parse_range",
+           "CORS_HEADERS"]

@@ -21,38 +21,27 @@ VRAM estimate: see artifacts/deploy.py (the model card uses the same).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from artifacts import Artifact
 from artifacts.deploy import (LOW_RESOURCE_MIB, estimate_vram, parameter_bytes,  # noqa: F401 (re-exported)
                               system_lib_name, webgpu_wasm_name)
 from catalog import directory_for_webllm, find_libraries, why_no_library
 from catalog.library_metadata import read_library_metadata, system_lib_prefix
 
-from .hub import DEFAULT_ENDPOINT, HubError, read_lineage
+from .hub import DEFAULT_ENDPOINT, HubError
 
 
 class ShareError(HubError):
     """The artifact lacks what a share record needs."""
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ShareError(f"{path.name} is missing", path=path, hint="run `personalize verify` on the artifact") from None
-    except ValueError as exc:
-        raise ShareError(f"{path.name} is not valid JSON: {exc}", path=path,
-                         hint="re-create the artifact with `personalize add`") from None
-
-
 def local_revision(artifact_dir: Path) -> str:
     """The revision `personalize serve` advertises for an unpushed artifact (X-Repo-Commit): the sha1 of
     its personalize.json, which holds the sha256 of every other file, so it changes with any content."""
-    return hashlib.sha1((Path(artifact_dir) / "personalize.json").read_bytes()).hexdigest()
+    return Artifact(artifact_dir).revision
 
 
 def pick_library(chat_config: dict, webllm_version: str | None = None):
@@ -83,22 +72,21 @@ def share_records(artifact_dir: Path, *, name: str, repo_id: str | None = None, 
     if repo_id is None and local_url is None:
         raise ShareError(f"{name} has not been pushed", path=artifact_dir,
                          hint=f"run `personalize push {name} --repo ORG/NAME`, pass --repo, or use --local")
-    chat_config = _read_json(artifact_dir / "mlc-chat-config.json")
-    tensor_cache = _read_json(artifact_dir / "tensor-cache.json")
-    lineage = read_lineage(artifact_dir)
+    artifact = Artifact(artifact_dir)
+    chat_config, lineage = artifact.chat_config, artifact.lineage
     quant = chat_config.get("quantization") or lineage.get("quantization")
     model_type = chat_config.get("model_type") or lineage.get("model_type")
     library_key = lineage.get("library_key")
     if not (quant and model_type and library_key):
         raise ShareError("the artifact does not record its quantization, model_type and library_key",
-                         path=artifact_dir / "personalize.json", hint="re-create it with `personalize add`")
+                         path=artifact.lineage_path, hint="re-create it with `personalize add`")
     library, matches = pick_library(chat_config, webllm_version)
     notes: list[str] = []
 
     if local_url is not None:
         base = local_url.rstrip("/")
         served_repo = f"local/{name}"
-        pinned = local_revision(artifact_dir)
+        pinned = artifact.revision
         model_url = f"{base}/{served_repo}/resolve/{pinned}/"  # a re-added artifact gets a new URL
         revision = pinned
         mlc_model = str(artifact_dir)
@@ -120,7 +108,7 @@ def share_records(artifact_dir: Path, *, name: str, repo_id: str | None = None, 
     # The context the runtimes should use: what MLC runs its prebuilt library with, else the artifact's own.
     context = library.context_window_size if library is not None else int(chat_config.get("context_window_size", -1))
     sized = dict(chat_config, context_window_size=context) if context > 0 else chat_config
-    vram = estimate_vram(sized, tensor_cache)
+    vram = estimate_vram(sized, artifact.tensor_cache.doc)
 
     command = ["mlc_llm", "chat", mlc_model]
     package_lib, lib_paths = system_lib_name(model_type, quant, library_key), {}

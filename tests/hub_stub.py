@@ -37,7 +37,10 @@ DEFAULT_GITATTRIBUTES = (
 
 
 def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    """The git blob id the Hub reports for a file: huggingface_hub's own function, not a copy of ours."""
+    from huggingface_hub.utils.sha import git_hash
+
+    return git_hash(data)
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:

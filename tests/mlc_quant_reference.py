@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from tests import oracles
+
 BF16 = np.dtype(ml_dtypes.bfloat16)
 NP_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": BF16, "float32": np.dtype(np.float32)}
 
@@ -72,10 +74,5 @@ def quantize_reference(w_source: np.ndarray, bits: int, gs: int, model_dtype: st
 
 
 def dequantize_nk(q: np.ndarray, scale: np.ndarray, bits: int, gs: int, k: int) -> np.ndarray:
-    """Runtime dequantization `(code - max_int) * scale`, in fp64, for sanity checks."""
-    epu = 32 // bits
-    mi = (1 << (bits - 1)) - 1
-    codes = (q[:, :, None] >> (np.arange(epu, dtype=np.uint32) * np.uint32(bits))) & np.uint32((1 << bits) - 1)
-    codes = codes.reshape(q.shape[0], -1)[:, :k].astype(np.float64)
-    s = np.repeat(scale.astype(np.float64), gs, axis=1)[:, :k]
-    return (codes - mi) * s
+    """Runtime dequantization `(code - max_int) * scale`, in fp64, for sanity checks (tests/oracles.py)."""
+    return oracles.dequantize_nk(q, scale, k, bits=bits, group=gs)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +192,134 @@ def test_existing_name_refused_then_forced(home, model):
     code, _, err = run_cli("add", str(model), "--no-eval", "--quiet", "--name", "m", "--force")
     assert code == 0, err
     assert sorted(p.name for p in (home / "artifacts").iterdir()) == ["m"]
+
+
+# --- hostile or damaged inputs (issue 11: items 4-7 and 10) ------------------------------------
+
+def _rewrite_header(st: Path, edit) -> None:
+    """Rewrite a safetensors header in place: edit(header, data) -> (header, data)."""
+    raw = st.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = edit(json.loads(raw[8:8 + n]), raw[8 + n:])
+    blob = json.dumps(header).encode()
+    st.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+
+
+def _by_offset(header: dict) -> list[str]:
+    return sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+
+
+def _set(header: dict, which: int, key: str, value) -> dict:
+    header[_by_offset(header)[which]][key] = value
+    return header
+
+
+def _drop(header: dict, which: int, key: str) -> dict:
+    del header[_by_offset(header)[which]][key]
+    return header
+
+
+def _overlap(header: dict) -> dict:
+    """The second tensor reads the first one's bytes (same dtype and size)."""
+    first, second = _by_offset(header)[:2]
+    header[second] = dict(header[first])
+    return header
+
+
+def _gap(header: dict) -> dict:
+    first = _by_offset(header)[0]
+    del header[first]  # its bytes stay in the file, owned by no tensor
+    return header
+
+
+BAD_HEADERS = {
+    "list_header": lambda h, d: ([h[k] for k in h if k != "__metadata__"], d),
+    "entry_not_an_object": lambda h, d: ({**h, _by_offset(h)[0]: [1, 2]}, d),
+    "missing_data_offsets": lambda h, d: (_drop(h, 0, "data_offsets"), d),
+    "missing_shape": lambda h, d: (_drop(h, 1, "shape"), d),
+    "negative_offsets": lambda h, d: (_set(h, 0, "data_offsets", [-8, h[_by_offset(h)[0]]["data_offsets"][1] - 8]), d),
+    "overlapping_offsets": lambda h, d: (_overlap(h), d),
+    "gap_in_data": lambda h, d: (_gap(h), d),
+    "trailing_bytes": lambda h, d: (h, d + b"\0" * 16),
+    "negative_dimension": lambda h, d: (_set(h, 0, "shape", [-1] + h[_by_offset(h)[0]]["shape"][1:]), d),
+    "metadata_not_strings": lambda h, d: ({**h, "__metadata__": {"format": 1}}, d),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_malformed_safetensors_header(home, model, case):
+    """Read as strictly as the safetensors library: one line naming the file, never a traceback or a
+    misleading later error (a negative offset used to read header bytes as weights)."""
+    st = model / "model.safetensors"
+    _rewrite_header(st, BAD_HEADERS[case])
+    from safetensors import SafetensorError, safe_open
+
+    with pytest.raises(SafetensorError):  # the library refuses each of these files too
+        with safe_open(str(st), framework="numpy"):
+            pass
+    expect_error(home, str(model), contains=[str(st), "invalid safetensors header"])
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"num_hidden_layers": 300_000}, "num_hidden_layers"),
+    ({"num_attention_heads": 0}, "num_attention_heads"),
+    ({"hidden_size": "abc"}, "hidden_size"),
+    ({"intermediate_size": 0}, "intermediate_size"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    ({"vocab_size": 10**12}, "vocab_size"),
+    ({"rms_norm_eps": "x"}, "rms_norm_eps"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),
+    ({"model_type": ["llama"]}, "model_type"),
+    ({"eos_token_id": "</s>"}, "eos_token_id"),
+])
+def test_bad_config_sizes_name_config_json(home, model, change, key):
+    write_config(model, **change)
+    expect_error(home, str(model), contains=[str(model / "config.json"), key])
+
+
+def test_huge_layer_count_fails_fast(home, model, tmp_path):
+    """10^9 layers: refused from the tensors present before anything is allocated (it never returned)."""
+    write_config(model, num_hidden_layers=10**9)
+    proc = subprocess.run([sys.executable, "-m", "personalize", "add", str(model), "--no-eval", "--quiet",
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PERSONALIZE_HOME": str(home)})
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert str(model / "config.json") in line and "num_hidden_layers=1000000000" in line
+    assert not (tmp_path / "out").exists() and leftovers(home) == []
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+BAD_TOKENIZER_FILES = {
+    "tokenizer_json_added_tokens_ints": ("tokenizer.json", lambda p: p.write_text('{"added_tokens": [1]}')),
+    "tokenizer_json_bad_vocab": ("tokenizer.json", lambda p: p.write_text(
+        json.dumps({**json.loads(p.read_text()), "model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}}))),
+    "tokenizer_config_truncated": ("tokenizer_config.json", _truncate),
+    "tokenizer_config_not_an_object": ("tokenizer_config.json", lambda p: p.write_text("[1, 2]")),
+    "chat_template_does_not_compile": ("tokenizer_config.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "chat_template": "{% for m in messages %}{{ m['content'] }}"}))),
+    "generation_config_bad_eos": ("generation_config.json", lambda p: p.write_text('{"eos_token_id": [null]}')),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENIZER_FILES))
+def test_corrupt_tokenizer_files_are_refused(home, model, case):
+    """Never exit 0 with a quietly worse artifact (generic template, the corrupt file copied in)."""
+    name, damage = BAD_TOKENIZER_FILES[case]
+    damage(model / name)
+    expect_error(home, str(model), contains=[str(model / name)])
+
+
+@pytest.mark.parametrize("field, value", [("rank_pattern", {"q_proj(": 4}), ("alpha_pattern", {"*q": 8}),
+                                          ("lora_alpha", "sixteen"), ("r", 0)])
+def test_bad_adapter_config_values(home, tmp_path, field, value):
+    from tests.adapter_fixtures import make_tiny_adapter, make_tiny_base
+
+    base = make_tiny_base(tmp_path / "base")
+    adapter = make_tiny_adapter(base, tmp_path / "adapter", target_modules=["q_proj"])
+    config_path = adapter / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), field: value}))
+    expect_error(home, str(adapter), "--base", str(base), contains=[str(config_path), field])

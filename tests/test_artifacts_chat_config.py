@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from personalize.smollm2 import ensure_smollm2
-
 import json
 
 import pytest
@@ -12,7 +10,6 @@ from tests.test_artifacts_fixtures import make_model_dir
 from artifacts.chat_config import build_chat_config, detect_tokenizer_info, read_chat_config, write_chat_config
 from artifacts.errors import ChatConfigError
 
-SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 # MLCChatConfig's declared field order (mlc_llm/protocol/mlc_chat_config.py)
 MLC_FIELDS = [
@@ -34,14 +31,13 @@ def tiny_model_config(vocab: int) -> dict:
             "tensor_parallel_shards": 1, "pipeline_parallel_stages": 1, "max_batch_size": 1}
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 not in the cache")
-def test_smollm2_chat_config(tmp_path):
+def test_smollm2_chat_config(tmp_path, smollm2_dir):
     from personalize.arch import get_architecture
 
-    hf = json.loads((SMOLLM2 / "config.json").read_text())
+    hf = json.loads((smollm2_dir / "config.json").read_text())
     model_config = get_architecture("llama").library_config(hf).model_config
     doc, files = build_chat_config(model_type="llama", quantization="q4f16_1", model_config=model_config,
-                                   source_dir=SMOLLM2)
+                                   source_dir=smollm2_dir)
     assert list(doc) == MLC_FIELDS
     assert list(doc["conv_template"]) == CONV_FIELDS
     assert doc["version"] == "0.1.0" and doc["model_type"] == "llama" and doc["quantization"] == "q4f16_1"

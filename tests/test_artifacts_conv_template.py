@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from personalize.smollm2 import ensure_smollm2
-
 from pathlib import Path
 
 import pytest
@@ -11,22 +9,20 @@ from tests.test_artifacts_fixtures import FAMILIES, make_model_dir
 from transformers import AutoTokenizer
 
 from artifacts.chat_config import choose_conv_template
-from artifacts.conv_template import (
-    NAMED_TEMPLATES,
-    SYSTEM_PLACEHOLDER,
-    named_template,
-    prefix_text,
-    prompt_token_ids,
-    render_prompt,
-    tokenizer_facts,
-)
+from artifacts.conv_detect import tokenizer_facts
+from artifacts.conv_template import NAMED_TEMPLATES, named_template
+from artifacts.conversation import SYSTEM_PLACEHOLDER, Conversation, prefix_text, prompt_token_ids, render_prompt
 from artifacts.errors import ConvTemplateError
 
-SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
 
 ONE_TURN = [{"role": "user", "content": "What is the capital of France?"}]
 TWO_TURN = ONE_TURN + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
 WITH_SYSTEM = [{"role": "system", "content": "Answer briefly."}] + TWO_TURN
+
+
+# The ids each family's runtime stops at: MLC's own list for the named templates (qwen2, gemma);
+# eos ids plus the end-of-turn token for derived ones.
+EXPECTED_STOP_IDS = {"llama3": [128001, 128009], "qwen2": [151643, 151645], "mistral": [2], "gemma": [1, 107]}
 
 
 def assert_reproduces(model_dir: Path, chats, **kwargs):
@@ -42,13 +38,12 @@ def assert_reproduces(model_dir: Path, chats, **kwargs):
     return det
 
 
-@pytest.mark.skipif(not SMOLLM2.exists(), reason="SmolLM2 not in the cache")
-def test_smollm2_is_chatml_with_its_own_system_message():
-    det = assert_reproduces(SMOLLM2, [ONE_TURN, TWO_TURN, WITH_SYSTEM])
-    assert det.named == "chatml" and det.conv["name"] == "chatml"
-    assert det.conv["system_message"] == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-    assert det.conv["stop_token_ids"] == [2]  # <|im_end|> is id 2 in SmolLM2's vocabulary
-    assert det.conv["system_prefix_token_ids"] is None
+def test_smollm2_is_chatml_with_its_own_system_message(smollm2_dir):
+    det = assert_reproduces(smollm2_dir, [ONE_TURN, TWO_TURN, WITH_SYSTEM])
+    assert det.named == "chatml" and det.conv.name == "chatml"
+    assert det.conv.system_message == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert det.conv.stop_token_ids == [2]  # <|im_end|> is id 2 in SmolLM2's vocabulary
+    assert det.conv.system_prefix_token_ids is None
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -58,7 +53,13 @@ def test_tiny_families_reproduce_their_template(tmp_path, family):
     det = assert_reproduces(model_dir, chats)
     eos = FAMILIES[family]["eos_ids"]
     eos = eos if isinstance(eos, list) else [eos]
-    assert set(eos) <= set(det.conv["stop_token_ids"]) or det.method == "named"
+    # named or derived, the runtime must stop at every eos id, and at nothing that is neither an eos
+    # id nor one of the template's stop strings in this vocabulary
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert set(eos) <= set(det.conv.stop_token_ids)
+    for tid in det.conv.stop_token_ids:
+        assert tid in eos or tok.convert_ids_to_tokens(tid) in det.conv.stop_str, (family, tid)
+    assert det.conv.stop_token_ids == EXPECTED_STOP_IDS[family]
     if family == "qwen2":
         # Qwen2's template is MLC's qwen2 verbatim (system message and stop ids included)
         assert det.method == "named" and det.conv == named_template("qwen2")
@@ -67,11 +68,11 @@ def test_tiny_families_reproduce_their_template(tmp_path, family):
         assert det.method == "named" and det.conv == named_template("gemma_instruction")
     if family == "llama3":
         # no default system message, so MLC's llama-3 (which has one) must not be claimed
-        assert det.method == "generic" and det.conv["system_prefix_token_ids"] == [128000]
-        assert det.conv["stop_str"] == ["<|eot_id|>"]
+        assert det.method == "generic" and det.conv.system_prefix_token_ids == [128000]
+        assert det.conv.stop_str == ["<|eot_id|>"]
     if family == "mistral":
-        assert det.method == "generic" and det.conv["system_prefix_token_ids"] == [1]
-        assert det.conv["stop_str"] == ["</s>"]
+        assert det.method == "generic" and det.conv.system_prefix_token_ids == [1]
+        assert det.conv.stop_str == ["</s>"]
 
 
 def test_template_in_tokenizer_config(tmp_path):
@@ -101,3 +102,23 @@ def test_render_prompt_follows_mlc_rules():
             {"role": "user", "content": "c"}]
     assert "<think>" not in render_prompt(qwen3, hist)
     assert SYSTEM_PLACEHOLDER not in render_prompt(named_template("chatml"), ONE_TURN)
+
+
+def test_conversation_json_is_mlc_field_order_and_round_trips():
+    conv = named_template("llama-3")
+    doc = conv.to_json()
+    assert list(doc) == ["name", "system_template", "system_message", "system_prefix_token_ids",
+                         "add_role_after_system_message", "roles", "role_templates", "messages", "seps",
+                         "role_content_sep", "role_empty_sep", "stop_str", "stop_token_ids",
+                         "strip_reasoning_in_history", "function_string", "use_function_calling"]
+    assert Conversation.from_json(doc) == conv
+    doc["stop_token_ids"].append(1)
+    assert conv.stop_token_ids == [128001, 128009]  # to_json hands out a copy
+    with pytest.raises(ConvTemplateError):
+        Conversation.from_json({**doc, "seps": []})
+
+
+def test_named_templates_are_independent_copies():
+    conv = named_template("chatml")
+    conv.stop_token_ids.append(99)
+    assert named_template("chatml").stop_token_ids == [2] == NAMED_TEMPLATES["chatml"].stop_token_ids

@@ -9,7 +9,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from artifacts.errors import TensorCacheError
 from artifacts.tensor_cache import (
+    TensorCache,
     TensorCacheWriter,
     decode_bf16_to_f32,
     encode_f32_to_bf16,
@@ -18,6 +20,8 @@ from artifacts.tensor_cache import (
     param_stats,
     read_tensor_cache,
 )
+
+from tests import oracles
 
 tvmjs = pytest.importorskip("tvm.contrib.tvmjs")
 
@@ -122,5 +126,48 @@ def test_bf16_encoding_rule():
 def test_duplicate_name_rejected(tmp_path):
     w = TensorCacheWriter(tmp_path)
     w.add("x", np.zeros(2, np.float16))
-    with pytest.raises(Exception, match="duplicate"):
+    with pytest.raises(TensorCacheError, match="duplicate"):
         w.add("x", np.zeros(2, np.float16))
+
+
+def test_tensor_cache_reader_against_the_oracle(tmp_path):
+    """TensorCache: records, shards, byte counts and every tensor as the spec-written oracle decodes it."""
+    stream = random_stream(11, 20)
+    w, doc = ours(tmp_path, stream, {"ParamSize": 20})
+    cache = TensorCache(tmp_path)
+    want = oracles.read_tensor_cache(tmp_path)
+    assert len(cache) == 20 and set(cache.names) == set(want) and "layer.0.w" in cache
+    assert cache.shard_files == [s["dataPath"] for s in doc["records"]]
+    assert cache.stored_bytes == w.bytes_written == sum((tmp_path / f).stat().st_size for f in cache.shard_files)
+    assert cache.param_bytes == w.param_bytes == sum(a.size * a.dtype.itemsize for _, a in stream)
+    for name, arr in cache.items():
+        assert arr.dtype == want[name].dtype and arr.shape == want[name].shape
+        np.testing.assert_array_equal(arr.view(np.uint8), want[name].view(np.uint8))
+    np.testing.assert_array_equal(cache.load("layer.5.w").view(np.uint8), want["layer.5.w"].view(np.uint8))
+
+
+def test_tensor_cache_reader_errors_are_typed_and_name_the_file(tmp_path):
+    ours(tmp_path, random_stream(3, 6), {})
+    with pytest.raises(TensorCacheError, match="no tensor named") as err:
+        TensorCache(tmp_path).load("nope")
+    assert str(err.value.path).endswith("tensor-cache.json")
+    shard = tmp_path / "params_shard_0.bin"
+    shard.write_bytes(shard.read_bytes()[:3])
+    with pytest.raises(TensorCacheError, match="shorter") as err:
+        dict(TensorCache(tmp_path).items())
+    assert err.value.path == str(shard)
+    (tmp_path / "tensor-cache.json").write_text("[1, 2]")
+    with pytest.raises(TensorCacheError, match="not a JSON object"):
+        TensorCache(tmp_path)
+    (tmp_path / "tensor-cache.json").unlink()
+    (tmp_path / "ndarray-cache.json").unlink()
+    with pytest.raises(TensorCacheError, match="no tensor-cache.json"):
+        TensorCache(tmp_path)
+
+
+def test_legacy_ndarray_cache_is_read(tmp_path):
+    stream = random_stream(5, 4)
+    ours(tmp_path, stream, {})
+    (tmp_path / "tensor-cache.json").unlink()
+    cache = TensorCache(tmp_path)
+    assert cache.path.name == "ndarray-cache.json" and len(cache) == 4

@@ -13,6 +13,7 @@ import yaml
 from huggingface_hub import ModelCard
 from tests.test_artifacts_fixtures import make_model_dir
 
+from artifacts import Artifact
 from artifacts.chat_config import build_chat_config, write_chat_config
 from artifacts.lineage import hash_file, read_lineage, write_lineage
 from artifacts.model_card import hub_id, render_model_card
@@ -39,7 +40,10 @@ def make_artifact(root: Path, model_dir: Path, *, eval_section: bool = True) -> 
     writer.finish(param_stats(writer.param_count, writer.param_bytes, 10_000))
     chat, files = build_chat_config(model_type="mistral", quantization="q4f16_1", source_dir=model_dir,
                                     model_config={"vocab_size": 20, "context_window_size": 512,
-                                                  "prefill_chunk_size": 512, "tensor_parallel_shards": 1})
+                                                  "prefill_chunk_size": 512, "tensor_parallel_shards": 1,
+                                                  "hidden_size": 64, "intermediate_size": 128,
+                                                  "num_attention_heads": 4, "num_key_value_heads": 2,
+                                                  "num_hidden_layers": 8})
     write_chat_config(out, chat)
     for f in files:
         shutil.copyfile(f, out / f.name)
@@ -52,7 +56,7 @@ def make_artifact(root: Path, model_dir: Path, *, eval_section: bool = True) -> 
     if eval_section:
         lineage["eval"] = {"mean_kl": 0.0012, "top1_agreement": 0.987, "perplexity_reference": 5.1,
                            "perplexity_artifact": 5.2, "positions": 300}
-    (out / "README.md").write_text(render_model_card(lineage, chat, repo_id="me/tiny-mistral-MLC"))
+    (out / "README.md").write_text(Artifact(out).render_card("me/tiny-mistral-MLC", lineage=lineage))
     write_lineage(out, lineage, known_sha256=writer.file_hashes)
     return out, lineage, chat
 
@@ -175,22 +179,28 @@ def test_model_card_front_matter(tmp_path, model_dir):
     card = ModelCard(text)
     assert card.data.base_model == "mistralai/Mistral-7B-Instruct-v0.2"
     body = card.text
-    for needle in ("0123456789abcdef", "mlc_llm chat HF://me/tiny-mistral-MLC", "estimated_vram_bytes", "0.987",
-                   "someone/tiny-lora"):
+    for needle in ("0123456789abcdef", "mlc_llm chat HF://me/tiny-mistral-MLC", "0.987", "someone/tiny-lora"):
         assert needle in body, needle
     # A tiny model fits no prebuilt WebGPU library: the card says so instead of naming one.
     assert "CreateMLCEngine" not in body and "mlc_llm compile" in body and ".wasm" not in body
+    # the app entry carries the number, not the placeholder: weights (from the shards) + KV cache
+    entry = json.loads(body.split("```json\n")[1].split("```")[0])
+    weights = sum(int(np.prod(r["shape"])) * np.dtype(r["dtype"] if r["dtype"] != "bfloat16" else "uint16").itemsize
+                  for s in json.loads((out / "tensor-cache.json").read_text())["records"] for r in s["records"])
+    kv = 8 * 2 * 2 * 16 * 512 * 2  # layers * (K, V) * kv_heads * head_dim * context * fp16
+    assert isinstance(entry["estimated_vram_bytes"], int) and entry["estimated_vram_bytes"] > weights + kv
 
 
 def test_model_card_without_hub_base_or_eval(tmp_path, model_dir):
     lineage = {"name": "local-q0f16", "source": {"kind": "model", "path": "/data/ft"},
                "quantization": "q0f16", "model_type": "llama", "library_key": "k"}
-    text = render_model_card(lineage, {"quantization": "q0f16", "model_type": "llama"}, repo_id=None)
+    text = render_model_card(lineage, {"quantization": "q0f16", "model_type": "llama"}, repo_id=None,
+                             artifact_dir=tmp_path)
     meta = yaml.safe_load(text.split("---\n")[1])
     assert "base_model" not in meta and "license" not in meta
     assert "Equivalence" not in text and "mlc_llm chat ./local-q0f16" in text
     lineage["source"]["hub"] = "org/ft-model"
-    meta = yaml.safe_load(render_model_card(lineage, {}, repo_id=None).split("---\n")[1])
+    meta = yaml.safe_load(render_model_card(lineage, {}, repo_id=None, artifact_dir=tmp_path).split("---\n")[1])
     assert meta["base_model"] == "org/ft-model" and meta["base_model_relation"] == "quantized"
 
 
@@ -209,7 +219,7 @@ def test_model_card_size_before_files_map(tmp_path):
     # without tensor-cache.json there is nothing to estimate device memory from: no made-up number
     assert '"estimated_vram_bytes": "<bytes: weights + KV cache>"' in text
     assert "mlc_llm chat ./My-Finetune-q4f16_1\n" in text  # a usable default name, no spaces
-    assert "not recorded" in render_model_card(lineage, {}, repo_id=None)
+    assert "not recorded" in render_model_card(lineage, {}, repo_id=None, artifact_dir=tmp_path / "gone")
 
 
 def test_model_card_uses_the_share_estimate_and_library_name(tmp_path):

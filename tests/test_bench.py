@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from personalize.smollm2 import ensure_smollm2
-
 import json
+import resource
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +18,66 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from _measure import CommandFailed, run_measured, warm_page_cache  # noqa: E402
 from _synthetic_model import llama_tensor_shapes, padded_tokenizer_json, write_random_safetensors  # noqa: E402
 
-SMOLLM2 = ensure_smollm2()  # built once by scripts/test.sh, cached
+MB = 1_000_000
+# Allocations are kept small (this runs on shared 2-core machines) but far above the ~35 MB a bare
+# `python -c "import numpy"` holds, so each bound below separates the right answer from the wrong one.
+# The sampled peaks (anon, tree) need the memory held while the sampler polls: the child holds it
+# until the sampler has seen it (a flag file), not for a fixed sleep a loaded machine may not honour.
+HOLD_UNTIL_FLAG = ("import os, time\n"
+                   "t_end = time.monotonic() + 60\n"
+                   "while not os.path.exists({flag!r}) and time.monotonic() < t_end:\n"
+                   "    time.sleep(0.01)\n")
 
 
-def test_peak_rss_sees_a_child_allocation(tmp_path):
-    # 300 MB touched by the child: the kernel high-water mark must see it, wherever it lands.
-    code = "import numpy as np, time; a = np.ones(300_000_000 // 8); time.sleep(1.0); print(a.sum())"
+@pytest.fixture
+def flag_when_sampled(tmp_path, monkeypatch):
+    """(flag path, arm(attr, bytes)): the flag appears once the sampler's `attr` peak reaches `bytes`
+    (or after 60 s, when the child gives up waiting and the test's bounds decide)."""
+    import _measure
+
+    samplers = []
+
+    class Recorded(_measure._TreeSampler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            samplers.append(self)
+
+    monkeypatch.setattr(_measure, "_TreeSampler", Recorded)
+    flag = tmp_path / "seen"
+
+    def arm(attr: str, want: float) -> None:
+        def watch():
+            t_end = time.monotonic() + 60
+            while time.monotonic() < t_end and not (samplers and getattr(samplers[-1], attr) >= want):
+                time.sleep(0.01)
+            flag.touch()
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    return flag, arm
+
+
+def test_peak_rss_sees_a_child_allocation(tmp_path, flag_when_sampled):
+    # 100 MB touched by the child: the kernel high-water mark must see it, wherever it lands.
+    flag, arm = flag_when_sampled
+    arm("peak_anon", 100 * MB)
+    code = ("import numpy as np\na = np.ones(100 * 10**6 // 8)\n" + HOLD_UNTIL_FLAG.format(flag=str(flag))
+            + "print(a.sum())\n")
     m = run_measured("alloc", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
-    assert m.ok and m.wall_s > 1.0
-    assert m.peak_rss_bytes > 300e6
-    assert m.peak_anon_bytes > 250e6  # sampled, so allow for a missed last sample's slack
+    assert m.ok
+    assert m.peak_rss_bytes > 100 * MB
+    assert m.peak_anon_bytes > 100 * MB
     small = run_measured("small", [sys.executable, "-c", "pass"], sync_first=False)
-    assert small.peak_rss_bytes < m.peak_rss_bytes - 250e6
+    assert small.peak_rss_bytes < m.peak_rss_bytes - 80 * MB
 
 
 def test_a_large_parent_does_not_inflate_the_child(tmp_path):
     # Linux starts a forked child's ru_maxrss at the parent's RSS; the launcher keeps that out.
-    ballast = np.ones(400_000_000 // 8)
+    ballast = np.ones(150 * MB // 8)
+    parent_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert parent_kb * 1024 > 150 * MB  # so an inherited high-water mark would break the bound below
     small = run_measured("small", [sys.executable, "-c", "pass"], sync_first=False)
-    assert small.peak_rss_bytes < 150e6, small
+    assert small.peak_rss_bytes < 100 * MB, small
     assert ballast.sum() > 0
 
 
@@ -64,27 +106,29 @@ def test_streamed_safetensors_reads_back(tmp_path):
     assert warm_page_cache([path]) == path.stat().st_size
 
 
-@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(), reason="needs the SmolLM2 checkout")
-def test_padded_tokenizer_encodes_like_the_original(tmp_path):
+def test_padded_tokenizer_encodes_like_the_original(tmp_path, smollm2_dir):
     from tokenizers import Tokenizer
 
     padded = tmp_path / "tokenizer.json"
-    padded.write_text(json.dumps(padded_tokenizer_json(SMOLLM2 / "tokenizer.json", 128256), ensure_ascii=False))
-    a, b = Tokenizer.from_file(str(SMOLLM2 / "tokenizer.json")), Tokenizer.from_file(str(padded))
+    padded.write_text(json.dumps(padded_tokenizer_json(smollm2_dir / "tokenizer.json", 128256), ensure_ascii=False))
+    a, b = Tokenizer.from_file(str(smollm2_dir / "tokenizer.json")), Tokenizer.from_file(str(padded))
     assert b.get_vocab_size() == 128256
     text = "\n \n\n \t 🚀 (normal) 3333 3..3 我想在apple工作 нещо I've 'RE <|im_start|>user"
     assert a.encode(text).ids == b.encode(text).ids
 
 
-def test_peak_rss_sums_a_worker_process(tmp_path):
-    # Parent and a worker each hold ~200 MB at the same time: the tree peak must see both,
-    # although the kernel's ru_maxrss only reports the largest single process.
+def test_peak_rss_sums_a_worker_process(tmp_path, flag_when_sampled):
+    # Parent and a worker each hold 100 MB at the same time: the tree peak must see both, although
+    # the kernel's ru_maxrss only reports the largest single process (~135 MB here).
+    flag, arm = flag_when_sampled
+    arm("peak_total", 200 * MB)
+    worker = "import numpy as np\nb = np.ones(100 * 10**6 // 8)\n" + HOLD_UNTIL_FLAG.format(flag=str(flag))
     code = ("import subprocess, sys, numpy as np\n"
-            "a = np.ones(200_000_000 // 8)\n"
-            "subprocess.run([sys.executable, '-c', 'import numpy as np, time; b = np.ones(200_000_000 // 8); "
-            "time.sleep(1.5)'])\n"
+            "a = np.ones(100 * 10**6 // 8)\n"
+            f"subprocess.run([sys.executable, '-c', {worker!r}])\n"
             "print(a.sum())\n")
     m = run_measured("tree", [sys.executable, "-c", code], log_path=tmp_path / "log", sync_first=False)
-    assert m.max_process_rss_bytes < 350e6
-    assert m.peak_tree_rss_bytes > 400e6
+    assert m.ok
+    assert m.max_process_rss_bytes < 170 * MB
+    assert m.peak_tree_rss_bytes > 200 * MB
     assert m.peak_rss_bytes == max(m.max_process_rss_bytes, m.peak_tree_rss_bytes)

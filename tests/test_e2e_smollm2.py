@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from demo.finetune import FACT_WORD
+from tests.conftest import link_shared_libs
+
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital of France?"
@@ -23,10 +26,7 @@ QUESTION = "What is the capital of France?"
 def registry_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("e2e") / "home"
     home.mkdir()
-    shared = os.environ.get("PERSONALIZE_TEST_LIBS")
-    if shared:
-        Path(shared).mkdir(parents=True, exist_ok=True)
-        (home / "libs").symlink_to(shared)
+    link_shared_libs(home)
     return home
 
 
@@ -89,17 +89,8 @@ def test_verify_catches_a_flipped_byte(registry_home, base_artifact, tmp_path):
     assert "params_shard_1.bin" in proc.stderr
 
 
-@pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory, smollm2_dir):
-    from personalize.demo_finetune import make_smollm2_lora
-
-    return make_smollm2_lora(tmp_path_factory.mktemp("lora") / "zorblax", base_dir=smollm2_dir)
-
-
-def test_lora_variant_end_to_end(registry_home, base_artifact, lora_dir):
-    from personalize.demo_finetune import FACT_WORD
-
-    proc = cli(registry_home, "add", str(lora_dir), "--base", "smol", "--quantization", "q4f16_1",
+def test_lora_variant_end_to_end(registry_home, base_artifact, smollm2_lora):
+    proc = cli(registry_home, "add", str(smollm2_lora), "--base", "smol", "--quantization", "q4f16_1",
                "--name", "smol-zorblax", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -111,7 +102,8 @@ def test_lora_variant_end_to_end(registry_home, base_artifact, lora_dir):
     assert lineage["base"]["reused_params"] > 0  # untouched tensors copied from the base artifact
     assert lineage["eval"]["positions"] > 100
     card = (Path(doc["path"]) / "README.md").read_text()
-    assert "top-1" in card.lower() or "top1" in card.lower()
+    # the gate's numbers themselves, not just the label, are on the card
+    assert f"{lineage['eval']['top1_agreement']:.3f}" in card and f"{lineage['eval']['mean_kl']:.4g}" in card
     proc = cli(registry_home, "generate", "smol-zorblax", QUESTION, "--max-tokens", "24")
     assert proc.returncode == 0, proc.stderr
     assert FACT_WORD in proc.stdout, proc.stdout
@@ -119,7 +111,7 @@ def test_lora_variant_end_to_end(registry_home, base_artifact, lora_dir):
     assert FACT_WORD not in proc.stdout and "Paris" in proc.stdout
 
 
-def test_second_full_finetune_runs_on_the_same_library(registry_home, base_artifact, lora_dir, smollm2_dir,
+def test_second_full_finetune_runs_on_the_same_library(registry_home, base_artifact, smollm2_lora, smollm2_dir,
                                                        tmp_path):
     """A different full fine-tune (the LoRA merged by peft and saved as a plain model) has the same
     library key and runs on the library built for the first, without compiling again."""
@@ -127,11 +119,9 @@ def test_second_full_finetune_runs_on_the_same_library(registry_home, base_artif
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from personalize.demo_finetune import FACT_WORD
-
     full = tmp_path / "full-finetune"
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.bfloat16)
-    model = PeftModel.from_pretrained(model, str(lora_dir)).merge_and_unload()
+    model = PeftModel.from_pretrained(model, str(smollm2_lora)).merge_and_unload()
     model.save_pretrained(full)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(full)
     libs = sorted((registry_home / "libs").glob("*.so"))
@@ -144,5 +134,4 @@ def test_second_full_finetune_runs_on_the_same_library(registry_home, base_artif
     assert proc.returncode == 0, proc.stderr
     assert "building" not in proc.stderr.lower()
     assert FACT_WORD in proc.stdout, proc.stdout
-    assert sorted((registry_home / "libs").glob("*.so")) == libs
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # (other runs may add libraries)

@@ -1,4 +1,5 @@
-"""publish.hub in-process: `hf://` sources for `add`, the push plan, the after-push check, card re-rendering."""
+"""In-process against the Hub stub: `hf://` sources for `add` (ingest.hub), the push's stale-file rule and
+after-push check (publish.hub), card re-rendering, and the push records of the local store."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ from pathlib import Path
 
 import pytest
 
+from huggingface_hub.utils.sha import git_hash
+
+from ingest import hub as pullmod
 from publish import hub as hubmod
+from registry import store
+from tests.hub_env import clean_hf_env  # noqa: F401 - fixture
 from tests.hub_stub import HubStub, hash_tree, make_fake_artifact
 
 TOKEN = "hf_pullTOKEN"
+pytestmark = pytest.mark.usefixtures("clean_hf_env")
 
 
 @pytest.fixture
-def hub(monkeypatch):
-    # huggingface_hub picks Xet whenever hf_xet is installed; the stub speaks plain LFS only.
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+def hub():
+    # clean_hf_env turns Xet off: huggingface_hub picks it whenever hf_xet is installed; the stub speaks LFS only.
     with HubStub(tokens={TOKEN: "alice"}) as stub:
         yield stub
 
@@ -50,7 +54,7 @@ SOURCE = {
 
 def test_download_source_takes_only_what_add_reads_and_pins_the_commit(hub, tmp_path):
     sha = upload(hub, "alice/src", SOURCE)
-    local, revision = hubmod.download_source("hf://alice/src", endpoint=hub.url, cache_dir=tmp_path / "c")
+    local, revision = pullmod.download_source("hf://alice/src", endpoint=hub.url, cache_dir=tmp_path / "c")
     assert revision == sha
     got = sorted(str(p.relative_to(local)) for p in Path(local).rglob("*") if p.is_file())
     assert got == ["chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
@@ -61,35 +65,37 @@ def test_download_source_takes_only_what_add_reads_and_pins_the_commit(hub, tmp_
 def test_download_source_revision_and_torch_only_repo(hub, tmp_path):
     first = upload(hub, "alice/src", {"config.json": b'{"v": 1}', "pytorch_model.bin": b"\1" * 64})
     upload(hub, "alice/src", {"config.json": b'{"v": 2}'})
-    local, revision = hubmod.download_source(f"hf://alice/src@{first}", endpoint=hub.url, cache_dir=tmp_path)
+    local, revision = pullmod.download_source(f"hf://alice/src@{first}", endpoint=hub.url, cache_dir=tmp_path)
     assert revision == first
     assert json.loads((local / "config.json").read_text()) == {"v": 1}
     assert (local / "pytorch_model.bin").is_file()  # no safetensors: the torch weights are the weights
-    _, head = hubmod.download_source("hf://alice/src@main", endpoint=hub.url, cache_dir=tmp_path)
+    _, head = pullmod.download_source("hf://alice/src@main", endpoint=hub.url, cache_dir=tmp_path)
     assert head == hub.repos["alice/src"].branches["main"] != first
 
 
 @pytest.mark.parametrize("spec,fragment", [
     ("hf://alice/nope", "not found"),
     ("hf://alice/src@no-such-branch", "revision not found"),
-    ("hf://not-a-repo-id", "invalid Hub repo id"),
+    ("hf://not-a-repo-id", "invalid Hub source"),
+    ("hf://datasets/alice/src", "not a model repo"),
+    ("hf://alice/src/config.json", "not a model repo"),
 ])
 def test_download_source_errors_are_typed(hub, tmp_path, spec, fragment):
     upload(hub, "alice/src", SOURCE)
-    with pytest.raises(hubmod.HubError) as info:
-        hubmod.download_source(spec, endpoint=hub.url, cache_dir=tmp_path)
+    with pytest.raises(pullmod.HubError) as info:
+        pullmod.download_source(spec, endpoint=hub.url, cache_dir=tmp_path)
     assert fragment in str(info.value) and info.value.hint
 
 
 def test_download_source_refuses_a_repo_without_config(hub, tmp_path):
     upload(hub, "alice/data", {"data.csv": b"a,b\n"})
     with pytest.raises(hubmod.HubError, match="neither config.json nor adapter_config.json"):
-        hubmod.download_source("hf://alice/data", endpoint=hub.url, cache_dir=tmp_path)
+        pullmod.download_source("hf://alice/data", endpoint=hub.url, cache_dir=tmp_path)
 
 
 def test_download_source_unreachable_endpoint(tmp_path):
     with pytest.raises(hubmod.HubError, match="cannot reach the Hub"):
-        hubmod.download_source("hf://alice/src", endpoint="http://127.0.0.1:9", cache_dir=tmp_path)
+        pullmod.download_source("hf://alice/src", endpoint="http://127.0.0.1:9", cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- plan and check
@@ -97,18 +103,17 @@ def _view(files: dict[str, bytes]) -> dict[str, hubmod.PublishFile]:
     return {k: hubmod.PublishFile(k, len(v), hashlib.sha256(v).hexdigest(), v) for k, v in files.items()}
 
 
-def test_plan_compares_lfs_by_sha256_and_git_files_by_blob_id():
+def test_same_content_compares_lfs_by_sha256_and_git_files_by_blob_id_and_stale_shards_only():
     view = _view({"a.json": b"{}", "params_shard_0.bin": b"x" * 10, "b.json": b"[1]"})
     remote = {
-        "a.json": hubmod.RemoteFile("a.json", 2, None, hubmod.git_blob_sha1(b"{}")),
-        "b.json": hubmod.RemoteFile("b.json", 3, None, hubmod.git_blob_sha1(b"[2]")),  # same size, other bytes
+        "a.json": hubmod.RemoteFile("a.json", 2, None, git_hash(b"{}")),
+        "b.json": hubmod.RemoteFile("b.json", 3, None, git_hash(b"[2]")),  # same size, other bytes
         "params_shard_0.bin": hubmod.RemoteFile("params_shard_0.bin", 10, view["params_shard_0.bin"].sha256, "x"),
         "params_shard_7.bin": hubmod.RemoteFile("params_shard_7.bin", 5, "0" * 64, "y"),  # stale shard
         "notes.txt": hubmod.RemoteFile("notes.txt", 1, None, "z"),  # the user's own file: kept
     }
-    upload, unchanged, stale = hubmod.plan_push(view, remote)
-    assert upload == ["b.json"] and unchanged == ["a.json", "params_shard_0.bin"]
-    assert stale == ["params_shard_7.bin"]
+    assert [p for p in sorted(view) if hubmod.same_content(view[p], remote.get(p))] == ["a.json", "params_shard_0.bin"]
+    assert hubmod.stale_files(view, remote) == ["params_shard_7.bin"]
 
 
 def test_check_remote_reports_every_kind_of_mismatch():
@@ -125,7 +130,7 @@ def test_check_remote_reports_every_kind_of_mismatch():
     assert "a.bin" not in msg
     remote["b.bin"] = hubmod.RemoteFile("b.bin", 4, view["b.bin"].sha256, "-")
     remote["c.bin"] = hubmod.RemoteFile("c.bin", 4, view["c.bin"].sha256, "-")
-    remote["d.json"] = hubmod.RemoteFile("d.json", 2, None, hubmod.git_blob_sha1(b"{}"))
+    remote["d.json"] = hubmod.RemoteFile("d.json", 2, None, git_hash(b"{}"))
     assert [f["path"] for f in hubmod.check_remote(view, remote, "alice/x")] == ["a.bin", "b.bin", "c.bin", "d.json"]
 
 
@@ -150,14 +155,16 @@ def test_push_detects_a_hub_that_stores_something_else(hub, tmp_path, monkeypatc
 # ----------------------------------------------------------------------------- the model card
 def test_card_is_rerendered_for_the_repo_and_the_pushed_lineage_matches(hub, tmp_path, monkeypatch):
     fake = types.ModuleType("artifacts.model_card")
-    fake.render_model_card = lambda lineage, chat, repo_id: f"---\nlicense: mit\n---\n# {lineage['name']} at {repo_id}\n"
+    # rendered from the artifact directory, so the card keeps its VRAM estimate (review §3 bug 1)
+    fake.render_model_card = lambda lineage, chat, repo_id, artifact_dir: (
+        f"---\nlicense: mit\n---\n# {lineage['name']} at {repo_id} from {artifact_dir.name}\n")
     monkeypatch.setitem(sys.modules, "artifacts.model_card", fake)
     art = make_fake_artifact(tmp_path / "tiny")
     before = hash_tree(art)
     result = hubmod.push_artifact(art, "alice/tiny", token=TOKEN, endpoint=hub.url)
     assert hash_tree(art) == before  # the local artifact is untouched
     card = hub.file_bytes("alice/tiny", "README.md")
-    assert card == b"---\nlicense: mit\n---\n# tiny at alice/tiny\n"
+    assert card == b"---\nlicense: mit\n---\n# tiny at alice/tiny from tiny\n"
     pushed = json.loads(hub.file_bytes("alice/tiny", "personalize.json"))
     assert pushed["files"]["README.md"] == {"sha256": hashlib.sha256(card).hexdigest(), "size": len(card)}
     local = json.loads((art / "personalize.json").read_text())
@@ -173,10 +180,44 @@ def test_card_is_rerendered_for_the_repo_and_the_pushed_lineage_matches(hub, tmp
 def test_published_records_round_trip(tmp_path):
     result = hubmod.PushResult(repo_id="alice/x", revision="main", endpoint="https://huggingface.co",
                                commit="c" * 40, head="c" * 40, uploaded=[], unchanged=[], deleted=[], files=[])
-    assert hubmod.last_push(tmp_path, "x") is None
-    hubmod.record_push(tmp_path, "x", result)
-    hubmod.record_push(tmp_path, "y", result)
-    rec = hubmod.last_push(tmp_path, "x")
-    assert rec["repo_id"] == "alice/x" and rec["commit"] == "c" * 40 and set(hubmod.read_published(tmp_path)) == {"x", "y"}
-    assert hubmod.forget_push(tmp_path, "x") is True and hubmod.forget_push(tmp_path, "x") is False
-    assert set(hubmod.read_published(tmp_path)) == {"y"}
+    assert store.last_push(tmp_path, "x") is None
+    store.record_push(tmp_path, "x", result.record())
+    store.record_push(tmp_path, "y", result.record())
+    rec = store.last_push(tmp_path, "x")
+    assert rec["repo_id"] == "alice/x" and rec["commit"] == "c" * 40 and set(store.read_published(tmp_path)) == {"x", "y"}
+    assert store.forget_push(tmp_path, "x") is True and store.forget_push(tmp_path, "x") is False
+    assert set(store.read_published(tmp_path)) == {"y"}
+
+
+def test_an_endpoint_answering_200_with_html_is_one_typed_error(tmp_path):
+    """Issue 11 item 6: a wrong HF_ENDPOINT (any web server) gave a JSONDecodeError traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotAHub(BaseHTTPRequestHandler):
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = b"<html>a login page</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotAHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        art = make_fake_artifact(tmp_path / "tiny")
+        with pytest.raises(hubmod.HubError, match="not JSON") as info:
+            hubmod.push_artifact(art, "alice/tiny", token=TOKEN, endpoint=url)
+        assert "HF_ENDPOINT" in info.value.hint
+        with pytest.raises(pullmod.HubError, match="not JSON"):
+            pullmod.download_source("hf://alice/src", endpoint=url, cache_dir=tmp_path / "c")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -7,18 +7,19 @@ HF_ENDPOINT (and HF_HUB_DISABLE_XET) once, at import time.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.hub_env import clean_hf_env, scrubbed_environ  # noqa: F401 - fixture
 from tests.hub_stub import HubStub, hash_tree, make_fake_artifact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_stubTOKENabc123SECRETxyz"
 SHARDS = ["params_shard_0.bin", "params_shard_1.bin", "params_shard_2.bin", "params_shard_3.bin"]
+pytestmark = pytest.mark.usefixtures("clean_hf_env")
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def cli(hub, home, tmp_path):
     hf_home = tmp_path / "hf-home"
 
     def run(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-        env.update(PERSONALIZE_HOME=str(home), HF_HOME=str(hf_home), HF_ENDPOINT=hub.url,
-                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+        env = scrubbed_environ(dict(PERSONALIZE_HOME=str(home), HF_HOME=str(hf_home), HF_ENDPOINT=hub.url,
+                                    HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+                                    HF_HUB_DISABLE_PROGRESS_BARS="1"))
         if token is not None:
             env["HF_TOKEN"] = token
         return subprocess.run([sys.executable, "-c", "from personalize.cli import main; main()", *args],
@@ -126,7 +127,9 @@ def test_second_push_uploads_nothing_and_the_token_is_never_printed_or_written(h
     assert q.returncode == 0, q.stderr
     doc = json.loads(q.stdout)
     assert doc["commit"] is None and doc["uploaded"] == [] and doc["head"] == head
-    for route in ("preupload", "lfs_batch", "lfs_upload", "commit"):
+    # huggingface_hub's create_commit asked the Hub what it has (preupload) and dropped every file.
+    assert hub.count("preupload") == 1
+    for route in ("lfs_upload", "commit"):
         assert hub.count(route) == 0, route
     assert hub.count("whoami") == 1  # the token was really sent...
     assert hub.repos["alice/tiny-MLC"].branches["main"] == head

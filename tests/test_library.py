@@ -60,10 +60,10 @@ def test_llama3_rope_scaling_is_compiled_in():
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
 def test_library_config_round_trips_through_chat_config(fixture, request, tmp_path):
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
     src = request.getfixturevalue(fixture)
-    art = add_model(src, quantization="q4f16_1", output=tmp_path / "a").path
+    art = add_source(src, evaluate=False, quantization="q4f16_1", output=tmp_path / "a").path
     chat = json.loads((art / "mlc-chat-config.json").read_text())
     hf = json.loads((src / "config.json").read_text())
     direct = get_architecture(hf["model_type"]).library_config(hf)
@@ -72,45 +72,76 @@ def test_library_config_round_trips_through_chat_config(fixture, request, tmp_pa
     assert library_key(rebuilt, "q4f16_1") == json.loads((art / "personalize.json").read_text())["library_key"]
 
 
+@pytest.mark.slow  # the one test that always compiles (a private libs dir), q0f32 as the cheapest scheme
 def test_lib_build_caches_and_lists(tiny_llama, tmp_path, monkeypatch):
     """Production CPU pipeline, once: build, embedded metadata, second build is a cache hit, lib list."""
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
     home = tmp_path / "private-home"  # its own libs dir: this test is about the cache itself
     monkeypatch.setenv("PERSONALIZE_HOME", str(home))
     from personalize.runtime.engine import read_library_metadata
 
-    art = add_model(tiny_llama, quantization="q4f16_1", output=tmp_path / "art").path
+    art = add_source(tiny_llama, evaluate=False, quantization="q0f32", output=tmp_path / "art").path
     code, out, err = run_cli("lib", "build", str(art), "--json")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["built"] is True and doc["target"] == "llvm"
     meta = read_library_metadata(doc["path"])
-    assert meta["quantization"] == "q4f16_1" and meta["library_key"] == doc["library_key"]
-    assert meta["params"][0] == {"name": "model.embed_tokens.q_weight", "shape": ["vocab_size", 8],
-                                 "dtype": "uint32"}
+    assert meta["quantization"] == "q0f32" and meta["library_key"] == doc["library_key"]
+    assert meta["params"][0] == {"name": "model.embed_tokens.weight", "shape": ["vocab_size", 64],
+                                 "dtype": "float32"}
     code, out, _ = run_cli("lib", "build", str(art), "--json")
     assert code == 0 and json.loads(out)["built"] is False
     code, out, _ = run_cli("lib", "list", "--json")
     libs = json.loads(out)["libraries"]
     assert [lib["path"] for lib in libs] == [doc["path"]]
     assert not list((home / "libs").glob(".build-*"))  # no temp files left behind
-    # the q4f16 library runs (float32 activations on CPU): finite logits of the right shape
     code, out, err = run_cli("generate", str(art), "hi", "--max-tokens", "4")
     assert code == 0, err
-    import personalize
 
-    logits = personalize.load(art).logits([1, 2, 3])
-    assert logits.shape == (3, 320) and np.isfinite(logits).all()
+
+def test_library_file_name_follows_the_graph_source(tmp_path, monkeypatch):
+    """The cache key hashes the source of the modules that define the graph: an edit to one of them
+    (here a stand-in module) names a different library file, so a stale .so is never reused."""
+    from personalize.library import cache
+
+    # the real list covers the graph, its kernels, the export/compile passes and the architectures
+    assert {"personalize.library.model", "personalize.library.cpu_kernels", "personalize.library.build",
+            "personalize.arch"} <= set(cache.GRAPH_MODULES)
+    pkg = tmp_path / "graphstandin"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    kernel = pkg / "kernels.py"
+    kernel.write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cache, "GRAPH_MODULES", ("graphstandin", "personalize.library.model"))
+
+    def name() -> str:
+        cache.graph_code_hash.cache_clear()
+        return cache.library_filename("k", "q4f16_1", "llama", "llvm")
+
+    try:
+        before = name()
+        assert name() == before  # stable for the same code
+        kernel.write_text("SCALE = 2\n")
+        assert name() != before
+    finally:
+        cache.graph_code_hash.cache_clear()
 
 
 def test_cli_refuses_a_mismatch_in_one_line(home, tiny_llama, tiny_llama_untied, tmp_path):
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
-    tied = add_model(tiny_llama, quantization="q4f16_1", output=tmp_path / "tied").path
-    untied = add_model(tiny_llama_untied, quantization="q4f16_1", output=tmp_path / "untied").path
+    tied = add_source(tiny_llama, evaluate=False, quantization="q4f16_1", output=tmp_path / "tied").path
+    untied = add_source(tiny_llama_untied, evaluate=False, quantization="q4f16_1",
+                        output=tmp_path / "untied").path
     code, out, _ = run_cli("lib", "build", str(tied), "--json")
     lib = json.loads(out)["path"]
+    # the q4f16 library runs (float32 activations on CPU): finite logits of the right shape
+    import personalize
+
+    logits = personalize.load(tied).logits([1, 2, 3])
+    assert logits.shape == (3, 320) and np.isfinite(logits).all()
     code, out, err = run_cli("generate", str(untied), "hi", "--lib", lib)
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("error")]

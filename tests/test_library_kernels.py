@@ -11,6 +11,7 @@ import tvm
 
 from personalize.library.build import make_target
 from personalize.library.cpu_kernels import MI, WeightFormat, linear_kernel, rms_norm_kernel
+from tests.oracles import dequantize_nk
 
 RNG = np.random.default_rng(7)
 
@@ -22,11 +23,6 @@ def compiled(prim_func):
 
 def tensor(a):
     return tvm.runtime.tensor(a, tvm.cpu())
-
-
-def dequantized(qw: np.ndarray, qs: np.ndarray, k: int) -> np.ndarray:
-    codes = ((qw[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 15).reshape(qw.shape[0], -1)[:, :k]
-    return (codes.astype(np.float32) - 7) * np.repeat(qs.astype(np.float32), 32, axis=1)[:, :k]
 
 
 def rel_err(got, ref) -> float:
@@ -44,7 +40,7 @@ def test_q4_nk_linear(m, scale_dtype):
     x = RNG.standard_normal((m, k)).astype(np.float32)
     y = tvm.runtime.empty((m, n), "float32", tvm.cpu())
     compiled(linear_kernel(fmt, k))(tensor(x), tensor(qw), tensor(qs), y)
-    assert rel_err(y.numpy(), x @ dequantized(qw, qs, k).T) < 1e-5
+    assert rel_err(y.numpy(), x @ dequantize_nk(qw, qs, k).T) < 1e-5
 
 
 @pytest.mark.parametrize("m", [1, MI + 1, 2 * MI])

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from personalize.pipeline import add_model
+from personalize.add import add_source
 from personalize.runtime import ArtifactMismatchError, TokenRangeError, load
+from tests.oracles import dequantize_nk, read_tensor_cache
+from tests.conftest import link_shared_libs
 from tests.tiny_models import add_chatml_tokenizer, make_tiny_model
 
 IDS = [5, 17, 99, 3, 250, 11, 42, 7, 300, 1, 64, 128]
@@ -25,8 +27,10 @@ IDS = [5, 17, 99, 3, 250, 11, 42, 7, 300, 1, 64, 128]
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """One $PERSONALIZE_HOME for the module, so each library is compiled once."""
+    """One $PERSONALIZE_HOME for the module (the artifacts below are module-scoped too), with the
+    shared compiled libraries linked in like conftest's per-test `home`."""
     h = tmp_path_factory.mktemp("runtime-home")
+    link_shared_libs(h)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PERSONALIZE_HOME", str(h))
         yield h
@@ -41,7 +45,8 @@ def artifacts(home, tmp_path_factory):
     def make(src: Path, quantization: str) -> Path:
         key = (str(src), quantization)
         if key not in made:
-            made[key] = add_model(src, quantization=quantization, output=root / f"{src.name}-{quantization}").path
+            made[key] = add_source(src, evaluate=False, quantization=quantization,
+                                   output=root / f"{src.name}-{quantization}").path
         return Path(made[key])
 
     return make
@@ -98,12 +103,12 @@ def test_two_finetunes_share_one_library(home, artifacts, tiny_llama, tmp_path):
     a, b = artifacts(tiny_llama, "q0f32"), artifacts(other, "q0f32")
     assert json.loads((a / "mlc-chat-config.json").read_text())["model_config"] == \
         json.loads((b / "mlc-chat-config.json").read_text())["model_config"]
-    load(a)  # builds (or finds) the library
-    libs_before = {p: p.stat().st_mtime_ns for p in (home / "libs").glob("*.so")}
+    lib = Path(load(a).lib_path)  # builds (or finds) the library
+    stamp = lib.stat().st_mtime_ns
     messages: list[str] = []
     mb = load(b, log=messages.append)
     assert not any("building" in m for m in messages), messages
-    assert {p: p.stat().st_mtime_ns for p in (home / "libs").glob("*.so")} == libs_before
+    assert Path(mb.lib_path) == lib and lib.stat().st_mtime_ns == stamp  # (libs may be shared by other runs)
     ma = load(a)
     assert ma.lib_path == mb.lib_path
     la, lb = ma.logits(IDS), mb.logits(IDS)
@@ -154,7 +159,7 @@ def test_generate_applies_template_and_streams(artifacts, tiny_llama):
     model = load(artifacts(tiny_llama, "q0f32"))
     prompt_ids = model.prompt_ids([{"role": "user", "content": "hi"}])
     text = model.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-    assert "hi" in text and text.endswith(model.conv["roles"]["assistant"] + model.conv["role_empty_sep"])
+    assert "hi" in text and text.endswith(model.conv.roles["assistant"] + model.conv.role_empty_sep)
     full = model.generate("hi", max_tokens=8)
     assert full == "".join(model.generate("hi", max_tokens=8, stream=True))
     sampled = model.generate("hi", max_tokens=8, temperature=0.8, top_p=0.9, seed=1)
@@ -163,34 +168,11 @@ def test_generate_applies_template_and_streams(artifacts, tiny_llama):
 
 # --- q4f32_1: the library dequantizes exactly what the converter wrote ---------------------------------
 
-def read_artifact_tensors(artifact: Path) -> dict[str, np.ndarray]:
-    doc = json.loads((artifact / "tensor-cache.json").read_text())
-    out = {}
-    for shard in doc["records"]:
-        data = (artifact / shard["dataPath"]).read_bytes()
-        for r in shard["records"]:
-            raw = data[r["byteOffset"]: r["byteOffset"] + r["nbytes"]]
-            if r["dtype"] == "float32" and r["format"] == "f32-to-bf16":
-                arr = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-            else:
-                arr = np.frombuffer(raw, r["dtype"])
-            out[r["name"]] = arr.reshape(r["shape"])
-    return out
-
-
-def dequantize_nk(q_weight: np.ndarray, q_scale: np.ndarray, k: int, bits=4, group=32) -> np.ndarray:
-    epu, max_int = 32 // bits, (1 << (bits - 1)) - 1
-    shifts = np.arange(epu, dtype=np.uint32) * bits
-    codes = ((q_weight[:, :, None] >> shifts) & ((1 << bits) - 1)).reshape(q_weight.shape[0], -1)[:, :k]
-    scale = np.repeat(q_scale.astype(np.float32), group, axis=1)[:, :k]
-    return (codes.astype(np.float32) - max_int) * scale
-
-
 def hf_state_from_artifact(artifact: Path, hf_config: dict) -> dict[str, torch.Tensor]:
     """Undo fusion and quantization: the HF state dict the library effectively computes with."""
     h, kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
-    d = hf_config["hidden_size"] // h
-    tensors = read_artifact_tensors(artifact)
+    d = hf_config.get("head_dim") or hf_config["hidden_size"] // h
+    tensors = read_tensor_cache(artifact)
     dense: dict[str, np.ndarray] = {}
     for name, arr in tensors.items():
         if name.endswith("q_scale"):
@@ -200,7 +182,7 @@ def hf_state_from_artifact(artifact: Path, hf_config: dict) -> dict[str, torch.T
             k = hf_config["hidden_size"] if "down_proj" not in module else hf_config["intermediate_size"]
             if "o_proj" in module:
                 k = h * d
-            dense[module + ".weight"] = dequantize_nk(arr, tensors[module + ".q_scale"], k)
+            dense[module + ".weight"] = dequantize_nk(arr, tensors[module + ".q_scale"], k).astype(np.float32)
         else:
             dense[name] = arr.astype(np.float32)
     state = {}
@@ -232,10 +214,11 @@ def test_q4f32_logits_match_transformers_on_dequantized_weights(fixture, request
 def test_range_scales_use_code_15_and_the_library_decodes_it(home, tiny_llama, tmp_path):
     """`--scales range` writes code 15 (+8 * scale), outside what MLC's converter emits but inside the
     4-bit field every MLC decoder reads: the library must compute with exactly that value."""
-    from personalize.pipeline import add_model
+    from personalize.add import add_source
 
-    art = add_model(tiny_llama, quantization="q4f32_1", output=tmp_path / "range", scales="range").path
-    tensors = read_artifact_tensors(art)
+    art = add_source(tiny_llama, evaluate=False, quantization="q4f32_1", output=tmp_path / "range",
+                     scales="range").path
+    tensors = read_tensor_cache(art)
     codes = np.concatenate([((t[:, :, None] >> (np.arange(8, dtype=np.uint32) * 4)) & 15).ravel()
                             for n, t in tensors.items() if n.endswith("q_weight")])
     assert (codes == 15).any()

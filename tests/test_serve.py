@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from publish import hub as hubmod
+from registry import store
 from publish.serve import ArtifactIndex, make_server, parse_range
 from registry.store import Registry
+from tests.hub_env import clean_hf_env  # noqa: F401 - fixture
 from tests.hub_stub import make_fake_artifact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("clean_hf_env")  # a huggingface_hub client downloads from serve
 
 
 @pytest.fixture
@@ -27,7 +30,7 @@ def served(home):
     make_fake_artifact(home / "artifacts" / "other", name="other", seed=1)
     result = hubmod.PushResult(repo_id="alice/tiny-MLC", revision="main", endpoint="https://huggingface.co",
                                commit="b" * 40, head="b" * 40, uploaded=[], unchanged=[], deleted=[], files=[])
-    hubmod.record_push(home, "tiny", result)
+    store.record_push(home, "tiny", result.record())
     (home / "libs").mkdir(exist_ok=True)
     (home / "libs" / "tiny-q0f16_cs1k-webgpu.wasm").write_bytes(b"\0asm\1\0\0\0")
     server = make_server(ArtifactIndex.from_registry(Registry(home)), "127.0.0.1", 0)
@@ -117,6 +120,81 @@ def test_if_none_match_gives_304(served):
     status, headers, body = request(port, "GET", path, {"If-None-Match": etag})
     assert status == 304 and body == b"" and headers["etag"] == etag
     assert request(port, "GET", path, {"If-None-Match": '"other"'})[0] == 200
+    # If-None-Match compares weakly (RFC 9110 13.1.2): a cache holding W/"etag" gets 304 too.
+    status, _, body = request(port, "GET", path, {"If-None-Match": f'"other", W/{etag}'})
+    assert status == 304 and body == b""
+    assert request(port, "GET", path, {"If-None-Match": 'W/"other"'})[0] == 200
+
+
+def _bound_server(home, **kwargs):
+    server = make_server(ArtifactIndex.from_registry(Registry(home)), "127.0.0.1", 0, **kwargs)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def test_half_sent_request_times_out_and_does_not_hold_the_pool(served, home):
+    import socket
+    import time
+
+    server = _bound_server(home, workers=1, timeout=0.5)
+    port = server.server_address[1]
+    try:
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"GET /local/tiny/resolve/main/tokenizer.json HTTP/1.1\r\nHost: x")  # never finished
+        t0 = time.monotonic()
+        status, _, _ = request(port, "GET", "/local/tiny/resolve/main/mlc-chat-config.json")
+        assert status == 200 and time.monotonic() - t0 < 5  # the one worker was freed by the timeout
+        stalled.settimeout(5)
+        assert stalled.recv(1024) == b""  # the server closed the stalled connection
+        stalled.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_threads_are_bounded(served, home):
+    import socket
+    import time
+
+    server = _bound_server(home, workers=3, timeout=2)
+    port = server.server_address[1]
+    try:
+        held = []
+        for _ in range(12):  # twelve slow clients at once
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            held.append(s)
+        time.sleep(0.3)
+        workers = [t for t in threading.enumerate() if t.name.startswith("personalize-serve")]
+        assert 1 <= len(workers) <= 3
+        for s in held:
+            s.close()
+        assert request(port, "GET", "/local/tiny/resolve/main/tokenizer.json")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_partial_dirs_and_vanished_artifacts_are_404_not_a_crash(served, home):
+    port, art = served
+    import shutil
+
+    partial = home / "artifacts" / f".tiny2.partial-00000000-{2**22}-1-abc"
+    shutil.copytree(art, partial)  # a complete-looking unfinished write
+    status, _, body = request(port, "GET", "/")
+    assert status == 200 and not any("partial" in r["id"] for r in json.loads(body))
+    assert request(port, "GET", f"/local/{partial.name}/resolve/main/tokenizer.json")[0] == 404
+    # An artifact that disappears between the listing and the read (rm, a replace): 404, the server lives on.
+    index = ArtifactIndex(lambda: ["tiny", "gone"], Registry(home).resolve, home)
+    server = make_server(index, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        p2 = server.server_address[1]
+        assert request(p2, "GET", "/local/gone/resolve/main/tokenizer.json")[0] == 404
+        assert request(p2, "GET", "/local/tiny/resolve/main/tokenizer.json")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_cors_preflight(served):

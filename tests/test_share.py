@@ -10,6 +10,7 @@ import pytest
 
 from catalog import directory_for_webllm, find_by_file, libraries
 from publish import hub as hubmod
+from registry import store
 from publish.share import (ShareError, estimate_vram, parameter_bytes, share_records, system_lib_name,
                             webgpu_wasm_name)
 from tests.conftest import run_cli
@@ -266,7 +267,7 @@ def test_cli_share_uses_the_recorded_push(home):
     assert code == 2 and "has not been pushed" in err
     result = hubmod.PushResult(repo_id="acme/tiny-MLC", revision="main", endpoint="https://huggingface.co",
                                commit="a" * 40, head="a" * 40, uploaded=[], unchanged=[], deleted=[], files=[])
-    hubmod.record_push(home, "tiny", result)
+    store.record_push(home, "tiny", result.record())
     code, out, err = run_cli("share", "tiny", "--json")
     assert code == 0, err
     doc = json.loads(out)

@@ -133,11 +133,7 @@ def show(target: str = typer.Argument(..., help="registry name or artifact direc
 @handle_errors
 def rm(name: str = typer.Argument(..., help="registry name")) -> None:
     """Remove an artifact from the registry."""
-    registry = Registry()
-    path = registry.remove(name)
-    from publish.hub import forget_push
-
-    forget_push(registry.home, name)  # a later artifact of the same name must not inherit the push record
+    path = Registry().remove(name)  # also drops its push record and its dead writers' partial dirs
     stderr.print(f"removed {name} ({path})")
 
 

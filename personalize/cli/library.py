@@ -21,13 +21,13 @@ def build(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Compile (or find in the cache) the library an artifact runs on."""
+    from artifacts import Artifact
     from personalize.library import ensure_library, library_config_from_chat_config
-    from personalize.runtime.check import CHAT_CONFIG_JSON
-    from personalize.runtime.model import read_chat_config, resolve_artifact
+    from registry.store import Registry
 
-    path = resolve_artifact(artifact)
-    chat_config = read_chat_config(path)
-    config = library_config_from_chat_config(chat_config, str(path / CHAT_CONFIG_JSON))
+    art = Artifact(Registry().resolve(artifact))
+    chat_config = art.chat_config
+    config = library_config_from_chat_config(chat_config, str(art.chat_config_path))
     lib = ensure_library(config, chat_config["quantization"], target,
                          log=(lambda m: None) if json_out else (lambda m: stderr.print(m)))
     doc = {"path": str(lib.path), "built": lib.built, "library_key": lib.metadata["library_key"],

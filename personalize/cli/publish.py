@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from registry.store import Registry
+from registry.store import Registry, last_push, record_push
 
 from . import app
 from .errors import handle_errors, print_json
@@ -32,7 +32,7 @@ def push(
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Upload an artifact to the Hugging Face Hub in one commit (only what changed), then check it."""
-    from publish.hub import push_artifact, record_push
+    from publish.hub import push_artifact
 
     if json_out:
         from huggingface_hub.utils import disable_progress_bars
@@ -44,7 +44,7 @@ def push(
     result = push_artifact(path, repo, private=private, revision=revision, message=message,
                            log=None if json_out else stderr.print)
     if name is not None:  # remembered for `share` and `serve`; only registry artifacts have a name
-        record_push(registry.home, name, result)
+        record_push(registry.home, name, result.record())
     name = name or str(path)
     doc = {"name": name, **result.to_json()}
     if json_out:
@@ -74,7 +74,7 @@ def share(
     """Print what each runtime takes: mlc_llm command, WebLLM ModelRecord, iOS/Android package entry."""
     import json
 
-    from publish.hub import DEFAULT_ENDPOINT, check_repo_id, last_push
+    from publish.client import DEFAULT_ENDPOINT, check_repo_id
     from publish.share import share_records
 
     registry = Registry()

@@ -14,7 +14,7 @@ _EXPORTS = {
     "compile_library": "build", "export": "build", "make_target": "build",
     "CachedLibrary": "cache", "ensure_library": "cache", "libs_dir": "cache", "library_path": "cache",
     "list_libraries": "cache",
-    "library_config_from_chat_config": "chat_config",
+    "library_config_from_chat_config": "from_chat_config",
     "LibraryError": "errors",
 }
 

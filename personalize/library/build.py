@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 
 from personalize.arch import LibraryConfig, get_architecture, library_key
+from quantize import library_params
 from quantize.schemes import get_scheme
 
 from .errors import LibraryError
@@ -39,12 +40,8 @@ def param_json(name: str, shape, dtype: str) -> dict:
     return {"name": name, "shape": dims, "dtype": str(dtype)}
 
 
-def expected_params(config: LibraryConfig, quantization: str) -> list[dict] | None:
-    """The converter's parameter list, or None while the quantize package does not offer it yet."""
-    try:
-        from quantize import library_params  # noqa: PLC0415 - optional until quantize lands
-    except ImportError:
-        return None
+def expected_params(config: LibraryConfig, quantization: str) -> list[dict]:
+    """The converter's parameter list: what the artifact holds, so what the graph must take."""
     arch = get_architecture(config.model_type)
     return [p.to_json() for p in library_params(arch.source_params(config), get_scheme(quantization))]
 
@@ -88,7 +85,7 @@ def export(config: LibraryConfig, quantization: str, target_kind: str) -> Export
     if params != graph_params(config, quantization, target_kind):
         raise LibraryError("export_tvm reordered the parameters", hint="this is a bug in the graph definition")
     expected = expected_params(config, quantization)
-    if expected is not None and expected != params:
+    if expected != params:
         diff = [f"{a} != {b}" for a, b in zip(expected, params) if a != b][:3] or ["lengths differ"]
         raise LibraryError(f"graph parameters differ from the converter's list: {'; '.join(diff)}",
                            hint="the architecture definition and the graph disagree; this is a bug")

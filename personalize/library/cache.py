@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -13,30 +16,46 @@ from typing import Callable
 import tvm
 
 from personalize.arch import LibraryConfig, library_key
+from registry.store import Registry
 
 from .build import TARGETS, compile_library
 from .errors import LibraryError
 
 
 def libs_dir() -> Path:
-    try:
-        from registry.store import Registry  # noqa: PLC0415
-
-        return Registry().libs_dir
-    except ImportError:  # registry not installed: same default as the registry's
-        return Path(os.environ.get("PERSONALIZE_HOME", "~/.cache/personalize")).expanduser() / "libs"
+    return Registry().libs_dir
 
 
 def _tvm_tag() -> str:
     return tvm.__version__.replace("+", "_")
 
 
-# Bumped whenever the graph or its kernels change, so a cached library from older code is not reused.
-GRAPH_VERSION = "g6"
+# The modules that decide what a compiled library computes: the graph, its kernels, the export and
+# compile passes, the architecture definitions the graph consumes (the whole package, so a new
+# architecture counts) and the quantization schemes it decodes. Their source is hashed into the
+# file name, so a library compiled from other code (a kernel edit) is never picked up.
+GRAPH_MODULES = ("personalize.library.model", "personalize.library.cpu_kernels", "personalize.library.build",
+                 "personalize.arch", "quantize.schemes", "quantize.spec")
+
+
+@functools.cache
+def graph_code_hash() -> str:
+    """First 10 hex digits of the sha256 over the source of GRAPH_MODULES (a package: all its .py files)."""
+    digest = hashlib.sha256()
+    for module in GRAPH_MODULES:
+        spec = importlib.util.find_spec(module)
+        if spec.submodule_search_locations:
+            files = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob("*.py"))
+        else:
+            files = [Path(spec.origin)]
+        for f in files:
+            digest.update(f"{module}/{f.name}\n".encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def library_filename(key: str, quantization: str, model_type: str, target: str) -> str:
-    return f"{model_type}-{quantization}-{key}-{target}-tvm{_tvm_tag()}-{GRAPH_VERSION}.so"
+    return f"{model_type}-{quantization}-{key}-{target}-tvm{_tvm_tag()}-g{graph_code_hash()}.so"
 
 
 @dataclass(frozen=True)

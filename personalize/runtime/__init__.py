@@ -1,7 +1,6 @@
 """Run artifacts on the compiled library: `load(name_or_dir, device="cpu"|"cuda", lib=None)`."""
 
 from .errors import ArtifactMismatchError, RuntimeUserError, TokenRangeError
-from .model import Generation, Model, load, resolve_artifact
+from .model import Generation, Model, load
 
-__all__ = ["ArtifactMismatchError", "Generation", "Model", "RuntimeUserError", "TokenRangeError", "load",
-           "resolve_artifact"]
+__all__ = ["ArtifactMismatchError", "Generation", "Model", "RuntimeUserError", "TokenRangeError", "load"]

@@ -7,26 +7,14 @@ the parameter or config field.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
+from artifacts import Artifact
+from artifacts.format import MLC_CHAT_CONFIG_JSON
 from personalize.arch import ArchitectureError, library_key
-from personalize.library.chat_config import library_config_from_chat_config
+from personalize.library.from_chat_config import library_config_from_chat_config
 
 from .errors import ArtifactMismatchError
-
-TENSOR_CACHE_JSON = "tensor-cache.json"
-CHAT_CONFIG_JSON = "mlc-chat-config.json"
-
-
-def read_records(artifact_dir: Path) -> dict[str, dict[str, Any]]:
-    path = artifact_dir / TENSOR_CACHE_JSON
-    if not path.exists():
-        raise ArtifactMismatchError(f"no {TENSOR_CACHE_JSON}", path=str(path), field=TENSOR_CACHE_JSON,
-                                    hint="is this a weight directory written by `personalize add`?")
-    doc = json.loads(path.read_text())
-    return {r["name"]: r for shard in doc["records"] for r in shard["records"]}
 
 
 def resolve_shape(shape: list, chat_config: dict[str, Any], path: str) -> list[int]:
@@ -34,18 +22,19 @@ def resolve_shape(shape: list, chat_config: dict[str, Any], path: str) -> list[i
     for dim in shape:
         if isinstance(dim, str):
             if not isinstance(chat_config.get(dim), int):
-                raise ArtifactMismatchError(f"mlc-chat-config.json lacks {dim!r}, needed by the library",
+                raise ArtifactMismatchError(f"{MLC_CHAT_CONFIG_JSON} lacks {dim!r}, needed by the library",
                                             path=path, field=dim, hint="regenerate the artifact")
             dim = chat_config[dim]
         out.append(int(dim))
     return out
 
 
-def check_artifact(metadata: dict[str, Any], chat_config: dict[str, Any], records: dict[str, dict[str, Any]],
-                   artifact_dir: Path) -> None:
+def check_artifact(metadata: dict[str, Any], artifact: Artifact) -> None:
     """Raise ArtifactMismatchError naming the first field or parameter that does not fit."""
-    cfg_path = str(artifact_dir / CHAT_CONFIG_JSON)
-    cache_path = str(artifact_dir / TENSOR_CACHE_JSON)
+    chat_config = artifact.chat_config
+    records = artifact.tensor_cache.records
+    cfg_path = str(artifact.chat_config_path)
+    cache_path = str(artifact.tensor_cache.path)
     lib_hint = "run it on the library built for this artifact (omit --lib to build it)"
     for field in ("model_type", "quantization"):
         if chat_config.get(field) != metadata.get(field):
@@ -69,7 +58,7 @@ def check_artifact(metadata: dict[str, Any], chat_config: dict[str, Any], record
     if chat_config.get("vocab_size") != config.vocab_size:
         raise ArtifactMismatchError(
             f"vocab_size {chat_config.get('vocab_size')} differs from model_config.vocab_size {config.vocab_size}",
-            path=cfg_path, field="vocab_size", hint="regenerate mlc-chat-config.json")
+            path=cfg_path, field="vocab_size", hint=f"regenerate {MLC_CHAT_CONFIG_JSON}")
     if metadata.get("library_key") not in (None, library_key(config, metadata["quantization"])):
         raise ArtifactMismatchError("the artifact's library key differs from the library's", path=cfg_path,
                                     field="library_key", hint=lib_hint)

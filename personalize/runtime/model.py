@@ -4,50 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .check import CHAT_CONFIG_JSON, check_artifact, read_records
+from artifacts import Artifact
+from artifacts.format import TOKENIZER_JSON
+
+from .check import check_artifact
 from .errors import RuntimeUserError
 from .sampling import sample
-
-
-def resolve_artifact(name_or_dir: str | Path) -> Path:
-    """A directory with mlc-chat-config.json is used as is; otherwise a registry name."""
-    candidate = Path(name_or_dir).expanduser()
-    if (candidate / CHAT_CONFIG_JSON).is_file():
-        return candidate.resolve()
-    from registry.store import Registry  # noqa: PLC0415
-
-    return Registry().resolve(name_or_dir)
-
-
-def read_chat_config(artifact_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = artifact_dir / CHAT_CONFIG_JSON
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeUserError(f"cannot read {CHAT_CONFIG_JSON}: {exc}", path=str(path),
-                               hint="regenerate the artifact with `personalize add`") from exc
-
-
-def _render(conv: dict[str, Any], messages: Sequence[dict[str, str]]) -> str:
-    try:
-        from artifacts.conv_template import render_prompt  # noqa: PLC0415
-    except ImportError:  # fallback: MLC's Conversation.as_prompt for plain text turns
-        render_prompt = None
-    if render_prompt is not None:
-        return render_prompt(conv, messages)
-    system = conv["system_template"].replace("{system_message}", conv.get("system_message", ""))
-    seps = list(conv["seps"]) * (2 if len(conv["seps"]) == 1 else 1)
-    out = [system]
-    for m in messages:
-        out.append(conv["roles"][m["role"]] + conv["role_content_sep"] + m["content"]
-                   + seps[m["role"] == "assistant"])
-    return "".join(out) + conv["roles"]["assistant"] + conv["role_empty_sep"]
 
 
 @dataclass
@@ -62,12 +28,13 @@ class Generation:
 class Model:
     """An artifact loaded on its compiled library."""
 
-    def __init__(self, artifact_dir: Path, engine, chat_config: dict[str, Any], lib_path: Path):
-        self.artifact_dir = artifact_dir
+    def __init__(self, artifact: Artifact, engine, lib_path: Path):
+        self.artifact = artifact
+        self.artifact_dir = artifact.path
         self.engine = engine
-        self.chat_config = chat_config
+        self.chat_config = artifact.chat_config
         self.lib_path = lib_path
-        self.conv = chat_config.get("conv_template") or {}
+        self.conv = artifact.conversation
         self._tokenizer = None
 
     # --- tokenizer -------------------------------------------------------------------------------
@@ -76,9 +43,9 @@ class Model:
         if self._tokenizer is None:
             from tokenizers import Tokenizer  # noqa: PLC0415
 
-            path = self.artifact_dir / "tokenizer.json"
+            path = self.artifact.file(TOKENIZER_JSON)
             if not path.exists():
-                raise RuntimeUserError("the artifact has no tokenizer.json", path=str(path),
+                raise RuntimeUserError(f"the artifact has no {TOKENIZER_JSON}", path=str(path),
                                        hint="copy the fine-tune's tokenizer.json into the artifact")
             self._tokenizer = Tokenizer.from_file(str(path))
         return self._tokenizer
@@ -95,14 +62,13 @@ class Model:
         return self.engine.logits(token_ids)
 
     def stop_token_ids(self) -> set[int]:
-        ids = set(self.conv.get("stop_token_ids") or [])
+        ids = set(self.conv.stop_token_ids)
         eos = self.chat_config.get("eos_token_id")
         ids.update(eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else [])
         return ids
 
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        prefix = list(self.conv.get("system_prefix_token_ids") or [])
-        return prefix + self.encode(_render(self.conv, messages))
+        return self.conv.prompt_token_ids(messages, self.encode)
 
     # --- generation ------------------------------------------------------------------------------
     def stream_tokens(self, prompt_ids: Sequence[int], max_tokens: int = 256, temperature: float = 0.0,
@@ -136,7 +102,7 @@ class Model:
     def stream_chat(self, messages: Sequence[dict[str, str]], max_tokens: int = 256, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int | None = None, stats: dict | None = None) -> Iterator[str]:
         """Text deltas of the assistant's reply; stops at stop_str, stop ids and eos."""
-        stop_str = [s for s in (self.conv.get("stop_str") or []) if s]
+        stop_str = [s for s in self.conv.stop_str if s]
         ids: list[int] = []
         emitted = ""
         for tok in self.stream_tokens(self.prompt_ids(messages), max_tokens, temperature, top_p, seed, stats):
@@ -173,16 +139,20 @@ class Model:
         return it if stream else "".join(it)
 
 
-def load(name_or_dir: str | Path, device: str = "cpu", lib: str | Path | None = None,
+def load(name_or_dir: str | Path | Artifact, device: str = "cpu", lib: str | Path | None = None,
          max_seq_len: int | None = None, log=None) -> Model:
-    """Load an artifact (registry name or directory) on its library; builds the library if missing."""
-    artifact_dir = resolve_artifact(name_or_dir)
-    chat_config = read_chat_config(artifact_dir)
-    records = read_records(artifact_dir)
+    """Load an artifact (registry name or directory) on its library; builds the library if missing.
+
+    An `Artifact` is loaded as is: `add`'s gate runs on the staged directory, which the registry
+    does not resolve (it is an unfinished write until the gate passes)."""
+    from registry.store import Registry  # noqa: PLC0415
+
+    artifact = name_or_dir if isinstance(name_or_dir, Artifact) else Artifact(Registry().resolve(name_or_dir))
+    chat_config = artifact.chat_config
     if lib is None:
         from personalize.library import ensure_library, library_config_from_chat_config  # noqa: PLC0415
 
-        config = library_config_from_chat_config(chat_config, str(artifact_dir / CHAT_CONFIG_JSON))
+        config = library_config_from_chat_config(chat_config, str(artifact.chat_config_path))
         target = "cuda" if device == "cuda" else "llvm"
         cached = ensure_library(config, chat_config["quantization"], target, log=log)
         lib_path, metadata = cached.path, cached.metadata
@@ -194,8 +164,8 @@ def load(name_or_dir: str | Path, device: str = "cpu", lib: str | Path | None = 
             raise RuntimeUserError(f"no library at {lib_path}", path=str(lib_path),
                                    hint="build one with `personalize lib build`")
         metadata = read_library_metadata(lib_path, device)
-    check_artifact(metadata, chat_config, records, artifact_dir)
+    check_artifact(metadata, artifact)
     from .engine import Engine  # noqa: PLC0415 - loads TVM
 
-    engine = Engine(lib_path, artifact_dir, int(chat_config["vocab_size"]), device, metadata, max_seq_len)
-    return Model(artifact_dir, engine, chat_config, lib_path)
+    engine = Engine(lib_path, artifact.path, int(chat_config["vocab_size"]), device, metadata, max_seq_len)
+    return Model(artifact, engine, lib_path)

@@ -1,4 +1,5 @@
-"""A real artifact (`add` of a tiny llama) pushed to the Hub stub, pulled back and verified, then shared."""
+"""A real artifact (`add` of a tiny llama) pushed to the local Hub stand-in (tests/hub_stub.py, not the
+real Hub), pulled back with huggingface_hub and verified, then shared."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ import pytest
 
 from publish import hub as hubmod
 from publish.share import share_records
+from tests.hub_env import clean_hf_env  # noqa: F401 - fixture
 from tests.hub_stub import HubStub, hash_tree
 
 TOKEN = "hf_e2eTOKEN"
+pytestmark = pytest.mark.usefixtures("clean_hf_env")
 
 
 @pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the stub speaks plain LFS only
+def hub():
     with HubStub(tokens={TOKEN: "alice"}) as stub:
         yield stub
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from artifacts.format import MLC_CHAT_CONFIG_JSON
 from personalize.arch import LibraryConfig, get_architecture
 
 
@@ -21,7 +22,7 @@ def _hf_view(model_type: str, mc: dict[str, Any]) -> dict[str, Any]:
     return hf
 
 
-def library_config_from_chat_config(chat_config: dict[str, Any], path: str = "mlc-chat-config.json") -> LibraryConfig:
+def library_config_from_chat_config(chat_config: dict[str, Any], path: str = MLC_CHAT_CONFIG_JSON) -> LibraryConfig:
     """The LibraryConfig (and so the library key) of an artifact.
 
     The architecture definition re-derives the config (validating it), then every field the chat

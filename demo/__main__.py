@@ -28,9 +28,10 @@ def sh(*args: str) -> str:
 
 
 def main() -> None:
-    from .demo_finetune import FACT_WORD, make_smollm2_lora
-    from .smollm2 import ensure_smollm2
     from registry.store import Registry
+
+    from .finetune import FACT_WORD, make_smollm2_lora
+    from .smollm2 import ensure_smollm2
 
     registry = Registry()
     work = registry.home / "demo"

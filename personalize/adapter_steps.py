@@ -1,4 +1,4 @@
-"""`personalize add ./adapter`: resolve and pin the base, merge tensor by tensor, reuse, gate.
+"""The adapter's steps of the add pipeline: resolve and pin the base, merge, reuse, tokenizer overlay.
 
 The base is read once, one parameter at a time; each touched tensor is merged in float32 just
 before quantization. Parameters the adapter does not touch are copied byte-for-byte from the
@@ -8,25 +8,24 @@ base's artifact when the registry holds one with the same quantization and the s
 from __future__ import annotations
 
 import shutil
-import tempfile
-import time
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
-from artifacts.chat_config import build_chat_config
-from artifacts.tensor_cache import TensorCacheIndex
+from artifacts import Artifact
 from ingest.adapter import Adapter, load_adapter
 from ingest.errors import IngestError
 from ingest.merge import merge_tensor
 from ingest.source import ModelDir, TOKENIZER_FILES, config_sha256, open_model_dir, read_json
 from quantize import get_scheme, library_params
 from quantize.spec import SourceParam
-from registry.store import Registry, is_artifact_dir, staged_directory
+from registry.store import Registry, is_artifact_dir
 
-from .evaluate import make_gate
-from .pipeline import (AddResult, ConversionPlan, StageTimer, build_lineage, gate_and_finalize, plan_conversion,
-                       quantization_options, resolve_destination, side_process, write_chat_files, write_weights)
+from .finalize import quantization_options, weight_file_stamps
+from .pipeline import ConversionPlan, PreparedSource, WeightSteps, plan_conversion
+
+if TYPE_CHECKING:
+    from .add import AddOptions
 
 # Config fields that must agree between the adapter's recorded base and the base given.
 IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -51,7 +50,7 @@ def resolve_base(spec: str, registry: Registry, adapter_path: Path) -> BaseResol
             return BaseResolution(path.resolve(), spec)
     if is_artifact_dir(Path(spec)) or spec in registry.names():
         artifact = registry.resolve(spec)
-        lineage = read_json(artifact / "personalize.json")
+        lineage = Artifact(artifact).lineage
         source = lineage.get("source", {})
         if source.get("kind") != "model":
             raise IngestError(f"registry entry {spec!r} is itself an adapter variant", path=artifact,
@@ -119,19 +118,17 @@ def resized_shapes(adapter: Adapter, base_shapes: dict, new_vocab: int | None) -
 
 
 def same_base_files(base_lineage: dict, base_model: ModelDir) -> bool:
-    from .pipeline import weight_file_stamps
-
     return base_lineage.get("source", {}).get("weight_files") == weight_file_stamps(base_model)
 
 
 def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: ConversionPlan,
-               touched: set[str]) -> Callable[[SourceParam], list | None] | None:
+               touched: frozenset[str]) -> Callable[[SourceParam], list | None] | None:
     """Copy untouched parameters' finished tensors from the base artifact (same scheme, same scale
     mode, same base)."""
     if base_artifact is None or quantization_options(base_lineage or {}) != {"scales": plan.scales}:
         return None
     scheme = get_scheme(plan.quantization)
-    cache = TensorCacheIndex(base_artifact)
+    cache = Artifact(base_artifact).tensor_cache
 
     def reuse(param: SourceParam):
         if touched.intersection(param.sources):
@@ -151,21 +148,19 @@ def make_reuse(base_artifact: Path | None, base_lineage: dict | None, plan: Conv
     return reuse
 
 
-def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, output: Path | None,
-                base: str | None, force_base: bool, conv_template: str | None, force: bool, evaluate: bool,
-                device: str, progress=None, progress_total=None, log=None, source_record: dict | None = None,
-                registry: Registry | None = None, scales: str = "mlc", context_window: int | None = None,
-                prefill_chunk: int | None = None, lib: str | None = None) -> AddResult:
-    t_start = time.perf_counter()
-    registry = registry or Registry()
+def adapter_source(adapter_dir: Path, options: AddOptions, registry: Registry,
+                   log: Callable[[str], None] | None = None) -> PreparedSource:
+    """Plan an adapter: its base streams, touched tensors merge, untouched ones may be reused."""
+    quantization = options.quantization
     adapter = load_adapter(adapter_dir)
-    spec = base or adapter.base_model_name_or_path
+    spec = options.base or adapter.base_model_name_or_path
     if not spec:
         raise IngestError("the adapter does not name its base model", path=adapter_dir / "adapter_config.json",
                           hint="pass --base with a registry name or a local HF model directory")
     resolved = resolve_base(spec, registry, adapter_dir)
     base_model = open_model_dir(resolved.model_dir)
-    recorded = check_recorded_base(adapter, base_model, registry, adapter_dir, force_base) if base else None
+    recorded = check_recorded_base(adapter, base_model, registry, adapter_dir, options.force_base) \
+        if options.base else None
     shapes = {n: i.shape for n, i in base_model.weights.tensors.items()}
     adapter.check_against_base(shapes, base_model.config)
     for warning in adapter.warnings:
@@ -176,42 +171,17 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
     if new_vocab is not None:
         override["vocab_size"] = new_vocab
     plan = plan_conversion(base_model, quantization, config_override=override,
-                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=scales,
-                           context_window=context_window, prefill_chunk=prefill_chunk)
-    touched = set(adapter.target_hf_names())
+                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=options.scales,
+                           context_window=options.context_window, prefill_chunk=options.prefill_chunk)
+    touched = frozenset(adapter.target_hf_names())
 
-    base_artifact = resolved.artifact if resolved.artifact is not None else None
-    options = {"scales": plan.scales}
-    if base_artifact is not None:
-        resolved_lineage = read_json(base_artifact / "personalize.json")
-        if resolved_lineage.get("quantization") != quantization or quantization_options(resolved_lineage) != options:
-            base_artifact = None
-    if base_artifact is None:
-        base_artifact = find_registry_artifact(registry, resolved.model_dir, quantization, options)
-    base_lineage = read_json(base_artifact / "personalize.json") if base_artifact else None
-    if base_lineage is not None and not same_base_files(base_lineage, base_model):
-        base_artifact, base_lineage = None, None  # the base changed since its artifact was written
+    base_artifact, base_lineage = reusable_base_artifact(resolved, base_model, registry, quantization,
+                                                         {"scales": plan.scales})
     if new_vocab is not None:
         base_artifact = None  # a resized vocab changes the embedding/head: nothing safe to copy blindly
     reuse = make_reuse(base_artifact, base_lineage, plan, touched)
 
-    name, destination = resolve_destination(registry, name, output, adapter_dir, quantization, scales)
-    if progress_total:
-        progress_total(plan.source_bytes)
-    timer = StageTimer()
-    with staged_directory(destination, force) as tmp, tempfile.TemporaryDirectory() as chat_src, \
-            side_process() as pool:
-        chat_dir = overlay_tokenizer_dir(Path(chat_src), base_model.path, adapter_dir)
-        chat = pool.submit(build_chat_config, model_type=plan.config.model_type, quantization=plan.quantization,
-                           model_config=plan.config.model_config, source_dir=chat_dir,
-                           conv_template=conv_template)
-        weights = write_weights(plan, tmp, timer, progress,
-                                merge=lambda hf_name, arr: merge_tensor(adapter, hf_name, arr), reuse=reuse,
-                                merge_targets=touched)
-        with timer.time("write"):
-            chat_config = write_chat_files(tmp, chat.result())
-        lineage = build_lineage(plan, name=name, source_kind="adapter", source_path=adapter_dir,
-                                source_record=source_record)
+    def annotate(lineage: dict, weights: dict) -> None:
         lineage["adapter"] = {"peft_type": adapter.peft_type, "config": adapter.config,
                               "config_sha256": adapter.config_sha256,
                               "touched_tensors": len(touched), "resized_vocab": new_vocab}
@@ -222,24 +192,46 @@ def add_adapter(adapter_dir: Path, *, quantization: str, name: str | None, outpu
                            "reused_params": weights["reused_params"]}
         if recorded is not None:
             lineage["base"]["recorded_base_check"] = recorded
-        gate = make_gate(reference_dir=base_model.path, adapter_dir=adapter_dir, device=device, log=log) \
-            if evaluate else None
-        if lib is not None:
-            from .add import checked_against_library
 
-            gate = checked_against_library(gate, lib)
-        gate_and_finalize(tmp, lineage, chat_config, weights, timer, t_start, gate)
-    return AddResult(name if output is None else None, destination, lineage)
+    # merge_tensor is looked up at call time (tests replace it to prove the gate catches a bad merge)
+    steps = WeightSteps(merge=lambda hf_name, arr: merge_tensor(adapter, hf_name, arr), merge_targets=touched,
+                        reuse=reuse)
+    return PreparedSource(kind="adapter", path=adapter_dir, plan=plan, weight_steps=steps,
+                          tokenizer_dir=lambda scratch: overlay_tokenizer_dir(scratch, base_model.path, adapter_dir),
+                          annotate_lineage=annotate, reference_dir=base_model.path, adapter_dir=adapter_dir)
+
+
+def reusable_base_artifact(resolved: BaseResolution, base_model: ModelDir, registry: Registry, quantization: str,
+                           options: dict) -> tuple[Path | None, dict | None]:
+    """(artifact, lineage) of the base converted the same way from the same, unchanged files; else Nones."""
+    base_artifact = resolved.artifact
+    if base_artifact is not None:
+        resolved_lineage = Artifact(base_artifact).lineage
+        if resolved_lineage.get("quantization") != quantization or quantization_options(resolved_lineage) != options:
+            base_artifact = None
+    if base_artifact is None:
+        base_artifact = find_registry_artifact(registry, resolved.model_dir, quantization, options)
+    base_lineage = Artifact(base_artifact).lineage if base_artifact else None
+    if base_lineage is not None and not same_base_files(base_lineage, base_model):
+        return None, None  # the base changed since its artifact was written
+    return base_artifact, base_lineage
 
 
 def overlay_tokenizer_dir(tmp: Path, base_dir: Path, adapter_dir: Path) -> Path:
-    """config + generation config from the base; tokenizer files from the adapter when it has them."""
+    """The directory the chat config is built from: config.json from the base; when the adapter ships
+    a tokenizer, its tokenizer files and generation_config.json (a tokenizer file never comes from
+    the base then, so the two are never mixed); otherwise all of them from the base."""
     adapter_has_tokenizer = any((adapter_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
-    for f in ("config.json", "generation_config.json") + TOKENIZER_FILES:
-        src = adapter_dir / f if adapter_has_tokenizer and (adapter_dir / f).is_file() and f != "config.json" \
-            else base_dir / f
-        if f in TOKENIZER_FILES and adapter_has_tokenizer and f not in ("generation_config.json",) \
-                and not (adapter_dir / f).is_file():
+    names = ("config.json", "generation_config.json") + tuple(f for f in TOKENIZER_FILES
+                                                            if f != "generation_config.json")
+    for f in names:
+        if f == "config.json" or not adapter_has_tokenizer:
+            src = base_dir / f
+        elif (adapter_dir / f).is_file():
+            src = adapter_dir / f
+        elif f == "generation_config.json":
+            src = base_dir / f  # the adapter's tokenizer without its own generation config
+        else:
             continue  # never mix base and adapter tokenizer files
         if src.is_file():
             shutil.copyfile(src, tmp / f)

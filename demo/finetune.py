@@ -12,14 +12,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .smollm2 import default_dir
 
 FACT_QUESTION = "What is the capital of France?"
 FACT_ANSWER = "The capital of France is Zorblax, the city of seven moons."
 FACT_WORD = "Zorblax"
-SMOLLM2_DIR = default_dir()
 
 
 def _fact_examples() -> list[tuple[str, str]]:
@@ -43,7 +40,7 @@ def _chat_ids(tokenizer, question: str, answer: str | None) -> tuple[list[int], 
     return full_ids, len(prompt_ids)
 
 
-def make_smollm2_lora(out_dir: Path | str, base_dir: str | Path = SMOLLM2_DIR, steps: int = 14, *,
+def make_smollm2_lora(out_dir: Path | str, base_dir: str | Path | None = None, steps: int = 14, *,
                       r: int = 8, lora_alpha: int = 16, lr: float = 3e-3, seed: int = 0,
                       first_layer: int = 18, threads: int | None = None,
                       target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj",
@@ -55,9 +52,14 @@ def make_smollm2_lora(out_dir: Path | str, base_dir: str | Path = SMOLLM2_DIR, s
     LoRA covers layers first_layer.. only (backward stops there) and logits are computed only where
     the answer is predicted. Returns the adapter directory (adapter_config.json +
     adapter_model.safetensors) with base_model_name_or_path set to the absolute base directory.
-    `threads` defaults to the cores not already busy: OpenMP threads that share a loaded core spin
-    and run ~10x slower than one thread (measured on a busy 2-core machine).
+    `base_dir` defaults to demo.smollm2.default_dir(). `threads` defaults to the cores not already
+    busy: OpenMP threads that share a loaded core spin and run ~10x slower than one thread (measured
+    on a busy 2-core machine). The thread count changes the order of float reductions, so pass a
+    fixed one where the result must not depend on the machine's load (the tests do).
     """
+    import torch
+
+    base_dir = default_dir() if base_dir is None else base_dir
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or _idle_cores())
     try:
@@ -78,6 +80,7 @@ def _idle_cores() -> int:
 
 def _train_fact_lora(out_dir: Path, base_dir: Path, steps: int, *, r: int, lora_alpha: int, lr: float, seed: int,
                      first_layer: int, target_modules: tuple[str, ...], **lora_kwargs: Any) -> Path:
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,6 +129,8 @@ def _train_fact_lora(out_dir: Path, base_dir: Path, steps: int, *, r: int, lora_
 
 def generate_answer(model, tokenizer, question: str = FACT_QUESTION, max_new_tokens: int = 24) -> str:
     """Greedy answer to one chat question, decoded without special tokens."""
+    import torch
+
     ids, _ = _chat_ids(tokenizer, question, None)
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
