@@ -231,5 +231,17 @@ def _embedding_hidden(metadata: dict[str, Any]) -> int | None:
     return None
 
 
-__all__ = ["Library", "config_differences", "directories", "directory_for_webllm", "find_by_file", "has_symbolic_vocab",
-           "find_by_metadata", "find_libraries", "libraries", "load_catalog", "normalize_config", "why_no_library"]
+__all__ = [
+    "Library",
+    "config_differences",
+    "directories",
+    "directory_for_webllm",
+    "find_by_file",
+    "find_by_metadata",
+    "find_libraries",
+    "has_symbolic_vocab",
+    "libraries",
+    "load_catalog",
+    "normalize_config",
+    "why_no_library",
+]

@@ -12,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from catalog import (config_differences, directories, directory_for_webllm, find_by_file, find_by_metadata,
-                     find_libraries, libraries, load_catalog, normalize_config, why_no_library)
+from catalog import (
+    config_differences,
+    directories,
+    directory_for_webllm,
+    find_by_file,
+    find_by_metadata,
+    find_libraries,
+    libraries,
+    load_catalog,
+    normalize_config,
+    why_no_library,
+)
 from catalog.library_metadata import LibraryMetadataError, metadata_from_bytes, read_library_metadata
 from tests.shaped_models import hf_config
 
@@ -93,9 +103,8 @@ def test_mlc_serves_qwen25_finetunes_on_the_qwen2_library_and_so_do_we():
 # ----------------------------------------------------------------------------- finding by config
 def test_found_by_config_not_by_hub_id(tmp_path):
     """A local copy with no Hub id anywhere still finds its library, newest directory first."""
-    from tests.shaped_models import write_config_only
-
     from ingest.source import read_json
+    from tests.shaped_models import write_config_only
 
     cfg = hf_config("Llama-3.2-1B-Instruct")
     cfg.pop("_name_or_path", None)

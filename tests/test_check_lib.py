@@ -77,7 +77,7 @@ def add(source: Path, out: Path, quantization: str, *extra: str) -> tuple[int, d
 def qwen2_artifact(qwen2_05b_dir, tmp_path_factory) -> Path:
     """`personalize add --lib <MLC's wasm>`: sized for the library and checked against it at add time."""
     out = tmp_path_factory.mktemp("art") / "qwen2-0.5b-q4f32_1"
-    code, doc, err = add(qwen2_05b_dir, out, "q4f32_1", "--lib", str(WASM_Q4F32))
+    code, _, err = add(qwen2_05b_dir, out, "q4f32_1", "--lib", str(WASM_Q4F32))
     assert code == 0, err
     return out
 
@@ -238,7 +238,7 @@ def test_add_without_a_fitting_library_says_so_once(tiny_llama, tmp_path):
 
 
 def test_add_context_and_prefill_options(tiny_llama, tmp_path):
-    code, doc, err = add(tiny_llama, tmp_path / "a", "q4f16_1", "--context-window", "128", "--prefill-chunk", "32")
+    code, _, err = add(tiny_llama, tmp_path / "a", "q4f16_1", "--context-window", "128", "--prefill-chunk", "32")
     assert code == 0, err
     chat = json.loads((tmp_path / "a" / "mlc-chat-config.json").read_text())
     assert (chat["context_window_size"], chat["prefill_chunk_size"]) == (128, 32)
