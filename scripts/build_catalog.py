@@ -278,7 +278,10 @@ def _summarize(lib: dict) -> None:
     lib["reference_record"] = ref["model_id"]
     lib["vram_required_MB"] = ref["vram_required_MB"]
     lib["low_resource_required"] = ref["low_resource_required"]
-    lib["required_features"] = sorted({f for r in lib["records"] for f in r["required_features"]})
+    listed = sorted({f for r in lib["records"] for f in r["required_features"]})
+    lib["required_features_listed_by_mlc"] = listed
+    # An f16 library's shaders use f16 whether or not MLC's record says so (e.g. Llama-3.2-1B q4f16_1).
+    lib["required_features"] = sorted(set(listed) | ({"shader-f16"} if "f16" in lib["quantization"] else set()))
     lib["context_window_size"] = int(ref["overrides"].get("context_window_size", lib["compiled_context_window_size"]))
 
 
