@@ -245,3 +245,25 @@ def test_add_context_and_prefill_options(tiny_llama, tmp_path):
     assert (chat["model_config"]["context_window_size"], chat["model_config"]["prefill_chunk_size"]) == (128, 32)
     lineage = json.loads((tmp_path / "a" / "personalize.json").read_text())
     assert lineage["compiled_config"]["prefill_chunk_size"] == 32  # our own library is compiled for the same limits
+
+
+def test_lib_by_url_is_downloaded(tmp_path):
+    """An http(s) URL is fetched to a temp file (here from a local server; MLC's are on GitHub)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(WASM_Q4F32.parent))
+    handler.log_message = lambda *a, **k: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        art = write_paper_artifact(tmp_path / "art", hf_config("Qwen2-0.5B-Instruct"), "q4f32_1")
+        url = f"http://127.0.0.1:{server.server_address[1]}/{WASM_Q4F32.name}"
+        code, doc, err = check(art, url)
+        assert code == 0, err
+        assert doc["library"] == url and doc["reference"]["source"] == "catalog (file name)"
+        code, _, err = run_cli("check", str(art), "--lib", url.replace(".wasm", "-missing.wasm"))
+        assert code == 2 and "cannot download" in err
+    finally:
+        server.shutdown()
