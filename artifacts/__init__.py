@@ -16,10 +16,10 @@ from .tensor_cache import TensorCache, TensorCacheWriter, iter_tensors, load_ten
 from .verify import Problem, verify_artifact
 
 __all__ = [
-    "Artifact", "Conversation", "NAMED_TEMPLATES", "TensorCache", "read_json_object", "sha256_file", "write_json_atomic", "write_text_atomic",
-    "ArtifactError", "ChatConfigError", "ConvTemplateError", "LineageError", "Problem", "TensorCacheError",
-    "TensorCacheWriter", "build_chat_config", "choose_conv_template", "detect_conv_template", "file_map",
-    "hash_file", "iter_tensors", "load_tensor", "named_template", "param_stats", "prompt_token_ids",
-    "read_chat_config", "read_lineage", "read_tensor_cache", "render_model_card", "render_prompt",
-    "verify_artifact", "write_chat_config", "write_lineage",
+    "Artifact", "ArtifactError", "ChatConfigError", "ConvTemplateError", "Conversation", "LineageError",
+    "NAMED_TEMPLATES", "Problem", "TensorCache", "TensorCacheError", "TensorCacheWriter", "build_chat_config",
+    "choose_conv_template", "detect_conv_template", "file_map", "hash_file", "iter_tensors", "load_tensor",
+    "named_template", "param_stats", "prompt_token_ids", "read_chat_config", "read_json_object",
+    "read_lineage", "read_tensor_cache", "render_model_card", "render_prompt", "sha256_file",
+    "verify_artifact", "write_chat_config", "write_json_atomic", "write_lineage", "write_text_atomic",
 ]  # fmt: skip

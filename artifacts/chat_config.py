@@ -52,6 +52,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return read_json_object(path, error=ChatConfigError, missing_ok=True, hint="fix or remove the file")
 
 
+_SCRATCH: tempfile.TemporaryDirectory | None = None
+
+
+def _scratch_dir() -> str:
+    """A directory for files the caller copies into the artifact (a converted tokenizer.json);
+    removed when the process exits, so nothing is left behind in /tmp."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="personalize-tok-")
+    return _SCRATCH.name
+
+
 def detect_tokenizer_info(tokenizer_json: Path) -> dict[str, Any]:
     """MLC's DetectTokenizerInfo on tokenizer.json (C++ cpp/tokenizers/tokenizers.cc), as a dict."""
     info = {"token_postproc_method": "byte_fallback", "prepend_space_in_encode": False,
@@ -194,7 +206,7 @@ def build_chat_config(*, model_type: str, quantization: str, model_config: dict[
     tokenizer = _load_tokenizer(source_dir) if (tokenizer_json.is_file() or (source_dir / TOKENIZER_MODEL).is_file()) else None
     if (source_dir / TOKENIZER_MODEL).is_file() and not tokenizer_json.is_file() and tokenizer is not None:
         # gen_config converts sentencepiece to tokenizer.json with transformers; so do we.
-        converted = Path(tempfile.mkdtemp(prefix="personalize-tok-")) / TOKENIZER_JSON
+        converted = Path(tempfile.mkdtemp(dir=_scratch_dir())) / TOKENIZER_JSON
         try:
             tokenizer.backend_tokenizer.save(str(converted))
             doc["tokenizer_files"].append(TOKENIZER_JSON)

@@ -394,9 +394,6 @@ def decode_record(raw: bytes, rec: dict[str, Any]) -> np.ndarray:
 
 
 # Short forms over the one reader, for callers that need a single answer.
-TensorCacheIndex = TensorCache
-
-
 def read_tensor_cache(artifact_dir: Path) -> dict[str, Any]:
     """Parsed tensor-cache.json (falls back to ndarray-cache.json for older artifacts)."""
     return TensorCache(artifact_dir).doc

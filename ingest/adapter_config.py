@@ -91,6 +91,12 @@ def _check_types(config: dict, path: Path) -> None:
     def bad(what: str) -> AdapterError:
         return AdapterError(f"{CONFIG_NAME}: {what}", path=path, hint=FIX_HINT)
 
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise bad(f"base_model_name_or_path must be a path or a Hub id, got {base!r}")
+    for key in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if config.get(key) is not None and not isinstance(config[key], bool):  # "false" would mean true
+            raise bad(f"{key} must be true or false, got {config[key]!r}")
     if "r" in config and not _positive_int(config["r"]):
         raise bad(f"r must be a positive integer, got {config['r']!r}")
     if "lora_alpha" in config and not _number(config["lora_alpha"]):

@@ -58,8 +58,8 @@ def read_json_object(path: Path) -> dict:
 
 
 def check_tokenizer_json(path: Path) -> None:
-    """tokenizer.json must load in the `tokenizers` library, as every runtime will load it."""
-    read_json_object(path)
+    """tokenizer.json must load in the `tokenizers` library, as every runtime will load it (its parser
+    also reports invalid JSON, so the file is parsed once)."""
     from tokenizers import Tokenizer
 
     try:
@@ -172,7 +172,9 @@ def _is_id(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # ints of any size
 
 
 def _first_line(exc: BaseException) -> str:

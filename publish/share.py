@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from artifacts import Artifact
-from artifacts.deploy import LOW_RESOURCE_MIB, estimate_vram, parameter_bytes, system_lib_name, webgpu_wasm_name  # noqa: F401 (re-exported)
+from artifacts.deploy import (LOW_RESOURCE_MIB, estimate_vram, parameter_bytes,  # noqa: F401 (re-exported)
+                              system_lib_name, webgpu_wasm_name)
 from catalog import directory_for_webllm, find_libraries, why_no_library
 from catalog.library_metadata import read_library_metadata, system_lib_prefix
 

@@ -33,8 +33,8 @@ from personalize_errors import UserError
 
 FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-# 200 + 160 + 160 = 520 cases per run.
-HEADER_CASES, CONFIG_CASES, TOKENIZER_CASES = 200, 160, 160
+# 200 + 160 + 160 + 100 = 620 cases per run.
+HEADER_CASES, CONFIG_CASES, TOKENIZER_CASES, ADAPTER_CASES = 200, 160, 160, 100
 
 
 # --- the entry point and the promise -----------------------------------------------------------
@@ -68,8 +68,8 @@ class _Fallbacks(logging.Handler):
             self.seen.append(message)
 
 
-def add_or_user_error(source: Path, work: Path) -> str:
-    """Run `add` on `source`; assert the promise; return 'ok' or 'refused'."""
+def add_or_user_error(source: Path, work: Path, base: Path | None = None) -> str:
+    """Run `add` on `source` (an adapter: on `base`); assert the promise; return 'ok' or 'refused'."""
     from personalize.add import add_source
 
     home, out_parent = work / "home", work / "out"
@@ -79,12 +79,14 @@ def add_or_user_error(source: Path, work: Path) -> str:
     logging.getLogger().addHandler(fallbacks)
     try:
         with _env(PERSONALIZE_HOME=str(home)):
-            add_source(str(source), output=out, evaluate=False, quantization="q4f16_1")
+            add_source(str(source), output=out, evaluate=False, quantization="q4f16_1",
+                       base=str(base) if base else None)
     except UserError as exc:
         line = exc.one_line()
         assert "\n" not in line
         assert exc.path is not None, line
-        assert Path(exc.path).resolve().is_relative_to(source.resolve()), line  # names a file of the source
+        named = Path(exc.path).resolve()
+        assert any(named.is_relative_to(d.resolve()) for d in (source, base) if d), line  # a file of the source
         assert list(out_parent.iterdir()) == [], line  # nothing half-written
         outcome = "refused"
     else:
@@ -134,7 +136,7 @@ def _run(family: str, outcomes: dict, workdir: Path, tiny_llama: Path, mutate) -
 
 # --- JSON values -----------------------------------------------------------------------------
 
-INTERESTING_INTS = [0, 1, -1, 2, 3, 4, 7, 64, 96, 320, 2**31, 2**63, 2**64, 10**9, -(2**63)]
+INTERESTING_INTS = [0, 1, -1, 2, 3, 4, 7, 64, 96, 320, 2**31, 2**63, 2**64, 10**9, -(2**63), 10**400]
 scalars = st.one_of(
     st.none(), st.booleans(), st.sampled_from(INTERESTING_INTS), st.integers(-(2**65), 2**65),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6), st.sampled_from(["F32", "BF16", "64"]))
@@ -175,8 +177,8 @@ whole_file_mutation = st.one_of(
 )
 
 
-def mutate_safetensors(src: Path, mutations: list, whole: tuple | None) -> None:
-    path = src / "model.safetensors"
+def mutate_safetensors(src: Path, mutations: list, whole: tuple | None, file_name: str = "model.safetensors") -> None:
+    path = src / file_name
     header, data = _read_st(path)
     names = sorted(k for k in header if k != "__metadata__")
     pick = lambda i: names[i % len(names)]  # noqa: E731
@@ -310,6 +312,53 @@ def mutate_tokenizer(src: Path, file_name: str, mutation: tuple) -> None:
 @given(file_name=st.sampled_from(TOKENIZER_FILES), mutation=tokenizer_mutation)
 def test_fuzz_tokenizer_files(workdir, outcomes, tiny_llama, file_name, mutation):
     _run("tokenizer", outcomes, workdir, tiny_llama, lambda src: mutate_tokenizer(src, file_name, mutation))
+
+
+# --- PEFT adapters: adapter_config.json and the adapter's safetensors header --------------------
+
+ADAPTER_KEYS = ["r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora", "fan_in_fan_out",
+                "peft_type", "target_modules", "modules_to_save", "trainable_token_indices", "init_lora_weights",
+                "layer_replication", "base_model_name_or_path", "bias"]
+adapter_config_mutation = st.tuples(
+    st.sampled_from(ADAPTER_KEYS),
+    st.one_of(json_values, st.sampled_from(INTERESTING_INTS),
+              st.dictionaries(st.sampled_from(["q_proj", "v_proj", "(", "*q", "q_proj|v", ".*", "[", "v_proj$"]),
+                              st.one_of(st.sampled_from([0, 1, 2, 4, 8, -4]), json_values), max_size=3)))
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_llama, workdir):
+    from tests.adapter_fixtures import make_tiny_adapter
+
+    return make_tiny_adapter(tiny_llama, workdir / "adapter-src", target_modules=["q_proj", "v_proj", "down_proj"],
+                             rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 4})
+
+
+def mutate_adapter(src: Path, config_mutations: list, header: tuple | None) -> None:
+    path = src / "adapter_config.json"
+    config = json.loads(path.read_text())
+    for key, value in config_mutations:
+        config[key] = value
+    path.write_text(json.dumps(config))
+    if header is not None:
+        mutate_safetensors(src, header[0], header[1], "adapter_model.safetensors")
+
+
+@settings(FUZZ, max_examples=ADAPTER_CASES)
+@given(config_mutations=st.lists(adapter_config_mutation, max_size=2),
+       header=st.one_of(st.none(), st.tuples(st.lists(header_mutation, min_size=1, max_size=2),
+                                             st.one_of(st.none(), whole_file_mutation))))
+def test_fuzz_adapter(workdir, outcomes, tiny_llama, tiny_adapter, config_mutations, header):
+    work = Path(tempfile.mkdtemp(dir=workdir))
+    src = work / "src"
+    shutil.copytree(tiny_adapter, src)
+    try:
+        mutate_adapter(src, config_mutations, header)
+        result = add_or_user_error(src, work, base=tiny_llama)
+        outcomes.setdefault("adapter", {}).setdefault(result, 0)
+        outcomes["adapter"][result] += 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- the same mutations through the real CLI ---------------------------------------------------

@@ -19,7 +19,7 @@ from tests.conftest import run_cli
 from tests.hub_env import clean_hf_env, scrubbed_environ  # noqa: F401 - fixture
 from tests.hub_stub import HubStub, make_fake_artifact
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("clean_hf_env")]
+pytestmark = pytest.mark.usefixtures("clean_hf_env")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_concurrencyTOKEN"
 

@@ -19,12 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import run_cli
 from tests.hub_stub import hash_tree
 
-pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NAME = "victim"
 
