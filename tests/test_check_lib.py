@@ -94,6 +94,9 @@ def test_fresh_qwen2_artifact_runs_on_mlcs_wasm(qwen2_artifact):
     assert lineage["library_check"]["ok"] is True
     assert lineage["prebuilt_library"]["base_model"] == "Qwen2-0.5B-Instruct"
     assert lineage["prebuilt_library"]["url"].endswith("/Qwen2-0.5B-Instruct-q4f32_1_cs1k-webgpu.wasm")
+    card = (qwen2_artifact / "README.md").read_text()  # the model card names the same library for WebLLM
+    assert "CreateMLCEngine" in card and lineage["prebuilt_library"]["url"] in card
+    assert "context_window_size: 4096" in card
 
 
 @pytest.mark.slow
