@@ -42,7 +42,9 @@ def write_app_files(outcomes: list, registry: Registry, out_dir: Path, *, device
     _write_json(paths["app_config"], app_config)
     _write_json(paths["mlc_package_config"], package)
     libs = sorted({d["model_lib"] for d in records})
-    return {**{k: str(v) for k, v in paths.items()}, "variants": len(records), "model_libs": libs}
+    no_webllm = {d["name"]: d["webllm"]["reason"] for d in records if not d["webllm"]["model_record"]}
+    return {**{k: str(v) for k, v in paths.items()}, "variants": len(records), "model_libs": libs,
+            "not_in_app_config": no_webllm}
 
 
 def _write_json(path: Path, doc: dict) -> None:
