@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="loop,jobs,ray", help="comma list of loop, jobs, ray")
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temp dir (removed)")
     ap.add_argument("--json-out", type=Path)
+    ap.add_argument("--libs", type=Path, default=None, help="compiled-library cache to share (e.g. "
+                    "$PERSONALIZE_TEST_LIBS); with it the untimed warm-up compile is skipped")
     args = ap.parse_args(argv)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-batch-"))
@@ -108,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = work / "manifest.yaml"
     manifest.write_text(f"base: {base}\nquantization: q4f16_1\neval: {'true' if args.eval else 'false'}\n"
                         f"variants:\n  - source: {work / 'adapters'}/lora-*\n")
-    libs = work / "libs"
-    libs.mkdir(exist_ok=True)
+    libs = args.libs.resolve() if args.libs else work / "libs"
+    libs.mkdir(parents=True, exist_ok=True)
     env = {"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)}
-    if args.eval:  # compile the library once, untimed: the comparison is about the variants
+    if args.eval and not args.libs:  # compile the library once, untimed: the comparison is about the variants
         home = fresh_home(work, "warm", libs)
         run_measured("warm", personalize("add", str(base), "--quiet"), env={**env, "PERSONALIZE_HOME": str(home)},
                      log_path=work / "warm.log")

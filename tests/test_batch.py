@@ -90,7 +90,13 @@ def mtimes(home: Path) -> dict[str, int]:
 
 
 def test_manifest_converts_gates_and_pushes_every_variant(home, tmp_path, workdir, hub):
-    """Four adapters through a glob plus one gated q0f32 variant: all land, verified, pushed, listed."""
+    """Four adapters through a glob, one from the Hub (hf://) and one gated q0f32 variant: all land,
+    verified, pushed, listed."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("alice/erin-lora")
+    api.upload_folder(repo_id="alice/erin-lora", folder_path=str(workdir / "adapters" / "dave"))
     manifest = write_manifest(tmp_path, f"""
 base: {workdir / 'base'}
 quantization: q4f16_1
@@ -98,6 +104,7 @@ eval: false
 push: "alice/{{name}}-MLC"
 variants:
   - source: {workdir / 'adapters'}/*
+  - source: hf://alice/erin-lora
   - source: {workdir / 'adapters' / 'alice'}
     name: alice-exact
     quantization: q0f32
@@ -107,7 +114,7 @@ variants:
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout)  # --json: one document on stdout, nothing else
     rows = {v["name"]: v for v in doc["variants"]}
-    assert sorted(rows) == sorted([f"{n}-q4f16_1" for n in ADAPTERS] + ["alice-exact"])
+    assert sorted(rows) == sorted([f"{n}-q4f16_1" for n in ADAPTERS] + ["erin-lora-q4f16_1", "alice-exact"])
     assert all(v["status"] == "delivered" and v["push"]["status"] == "pushed" for v in rows.values()), rows
     # the gate ran on the gated variant only, through the compiled library, and passed q0f32's limits
     assert rows["alice-exact"]["gate"]["top1_agreement"] >= 0.97 and rows["alice-exact"]["gate"]["mean_kl"] < 2e-3
@@ -116,7 +123,12 @@ variants:
     base_arts = doc["base"]["artifacts"]
     assert set(base_arts) == {"q4f16_1", "q0f32"} and all(a["added"] for a in base_arts.values())
     delivered = [r for r in log_records(home) if r["event"] == "delivered"]
-    assert len(delivered) == 5 and all(r["reused_params"] > 0 for r in delivered)
+    assert len(delivered) == 6 and all(r["reused_params"] > 0 for r in delivered)
+    # the Hub copy of dave converts to the same tensors as the local one, and records where it came from
+    hub_lineage = json.loads((Path(rows["erin-lora-q4f16_1"]["path"]) / "personalize.json").read_text())
+    assert hub_lineage["source"]["hub"] == "alice/erin-lora"
+    a, b = (dict(iter_tensors(Path(rows[n]["path"]))) for n in ("erin-lora-q4f16_1", "dave-q4f16_1"))
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     published = json.loads((home / "published.json").read_text())
     for name, v in rows.items():
         art = Path(v["path"])
@@ -135,7 +147,7 @@ variants:
     assert app["model_list"] == []
     assert {m["model"] for m in pkg["model_list"]} == {f"HF://alice/{n}-MLC" for n in rows}
     libs = {m["model_lib"] for m in pkg["model_list"] if "q4f16_1" in m["model_lib"]}
-    assert len(libs) == 1 and len(pkg["model_list"]) == 5
+    assert len(libs) == 1 and len(pkg["model_list"]) == 6
 
 
 def test_batch_output_equals_plain_add(home, tmp_path, workdir):

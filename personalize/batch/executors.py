@@ -188,8 +188,11 @@ class RayExecutor:
             env = {"OMP_WAIT_POLICY": "PASSIVE",
                    "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)}
             if self.address in (None, "local"):
+                # The local cluster's workers inherit this environment: no runtime_env (setting one up
+                # costs a runtime-env agent round trip per worker).
+                os.environ.update(env)
                 ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
+                         _node_ip_address="127.0.0.1")
                 self.started_here = True
             else:
                 ray.init(address=self.address, log_to_driver=False, runtime_env={"env_vars": env})

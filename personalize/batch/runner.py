@@ -58,7 +58,7 @@ class Outcome:
     def to_json(self) -> dict:
         ev = self.eval or {}
         return {"name": self.name, "source": self.source, "quantization": self.quantization, "key": self.key,
-                "status": self.status if self.ok or self.status != "delivered" else "failed",
+                "status": "failed" if self.status in ("delivered", "skipped") and not self.ok else self.status,
                 "stage": self.stage, "error": self.error, "path": self.path, "size_bytes": self.size_bytes,
                 "gate": {"mean_kl": ev.get("mean_kl"), "top1_agreement": ev.get("top1_agreement")} if ev else None,
                 "seconds": self.seconds, "push": self.push}
@@ -130,7 +130,8 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
 
     def push_later(outcome: Outcome) -> None:
         if outcome.push_repo:
-            push_futures.append(pushes.submit(_push, outcome, registry, log, states.get(outcome.key), display))
+            push_futures.append(pushes.submit(_push, outcome, registry, log, states.get((outcome.key, outcome.name)),
+                                              display))
         else:
             display.finished(outcome)
 
@@ -208,7 +209,7 @@ def plan(manifest: Manifest, base: PreparedBase, registry: Registry, log: Delive
         push = v.push.format(name=name, quantization=v.quantization, source=Path(local).name) if v.push else None
         o = Outcome(index, name, v.source, v.quantization, key, push_repo=push, private=v.private)
         outcomes.append(o)
-        st = states.get(key, KeyState())
+        st = states.get((key, name), KeyState())
         exists = (registry.path(name) / "personalize.json").is_file()
         if st.status == "delivered" and st.name == name and exists and (st.last.get("eval") or not v.evaluate):
             o.status, o.path = "skipped", str(registry.path(name))

@@ -120,17 +120,39 @@ def share(
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8765, "--port", help="port to listen on (0 = any free port)"),
+    webllm: Optional[str] = typer.Option(None, "--webllm",
+                                         help="where the chat page loads web-llm from: an ES module URL, or a "
+                                              "local web-llm package directory (default: the npm CDN build)"),
+    prebuilt: Optional[str] = typer.Option(None, "--prebuilt",
+                                           help="a local directory of MLC's prebuilt WebGPU libraries (.wasm), "
+                                                "served at /prebuilt/ and preferred by the chat page"),
 ) -> None:
-    """Serve every artifact over HTTP in the Hub's /{repo}/resolve/main/{file} layout (Range, CORS, ETag)."""
-    from publish.serve import ArtifactIndex, make_server
+    """Serve every artifact in the Hub's /{repo}/resolve/{main|commit}/{file} layout, and a WebLLM chat page at /."""
+    from pathlib import Path
 
+    from personalize_errors import UserError
+    from publish.serve import WEBLLM_CDN, ArtifactIndex, PageOptions, make_server
+
+    webllm_dir = None
+    if webllm and "://" not in webllm:
+        webllm_dir = Path(webllm).expanduser()
+        if not (webllm_dir / "lib" / "index.js").is_file():
+            raise UserError(f"{webllm_dir} is not a web-llm package (no lib/index.js)", path=str(webllm_dir),
+                            hint="pass node_modules/@mlc-ai/web-llm or an ES module URL")
+    prebuilt_dir = Path(prebuilt).expanduser() if prebuilt else None
+    if prebuilt_dir is not None and not prebuilt_dir.is_dir():
+        raise UserError(f"no directory {prebuilt_dir}", path=str(prebuilt_dir),
+                        hint="pass a directory that holds MLC's .wasm libraries")
+    page = PageOptions(webllm_url=webllm if webllm and webllm_dir is None else WEBLLM_CDN, webllm_dir=webllm_dir,
+                       prebuilt_dir=prebuilt_dir)
     registry = Registry()
     index = ArtifactIndex.from_registry(registry)
-    server = make_server(index, host, port)
+    server = make_server(index, host, port, page=page)
     bound_host, bound_port = server.server_address[:2]
     repos = index.repos()
     stderr.print(f"serving {len(set(repos.values()))} artifact(s) on http://{bound_host}:{bound_port} "
                  "(Ctrl-C to stop)")
+    stderr.print(f"  chat page: http://{bound_host}:{bound_port}/ (web-llm from {page.module_url()})")
     for repo_id in sorted(repos):
         stderr.print(f"  http://{bound_host}:{bound_port}/{repo_id}/resolve/main/")
     # One machine-readable line on stdout so scripts (and tests) learn the port when --port 0.
