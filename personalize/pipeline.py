@@ -26,6 +26,7 @@ from registry.store import pause_point
 
 from .arch import Architecture, LibraryConfig, get_architecture, library_key
 from .ordering import counted_source_params, loading_order
+from .prebuilt import fit_prebuilt
 
 DEFAULT_QUANTIZATION = "q4f16_1"
 
@@ -59,6 +60,7 @@ class ConversionPlan:
     params: list[SourceParam]
     order: list[SourceParam]
     scales: str = "mlc"  # per-group scales: "mlc" (bit-exact) or a searched mode (quantize/search.py)
+    prebuilt: dict | None = None  # MLC's prebuilt library that fits (personalize/prebuilt.py), for lineage
 
     @property
     def library_key(self) -> str:
@@ -71,7 +73,8 @@ class ConversionPlan:
 
 
 def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None,
-                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc") -> ConversionPlan:
+                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc",
+                    context_window: int | None = None, prefill_chunk: int | None = None) -> ConversionPlan:
     scheme = get_scheme(quantization)
     check_scale_mode(scales)
     hf_config = dict(model.config)
@@ -79,11 +82,12 @@ def plan_conversion(model: ModelDir, quantization: str, config_override: dict | 
         hf_config.update(config_override)
     arch = get_architecture(hf_config.get("model_type"), path=str(model.config_path))
     config = arch.library_config(hf_config, path=str(model.config_path))
+    config, prebuilt = fit_prebuilt(config, scheme.name, context_window=context_window, prefill_chunk=prefill_chunk)
     params = arch.source_params(config)
     check_sources(model, params, shape_overrides or {})
     library_params(params, scheme)  # raises early if the scheme cannot express a parameter
     order = loading_order(params, model.weights.file_order)
-    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales)
+    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales, prebuilt=prebuilt)
 
 
 def check_sources(model: ModelDir, params: list[SourceParam],

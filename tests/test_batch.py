@@ -143,7 +143,8 @@ variants:
     # one appConfig and one package config listing every variant, on the shared library per quantization
     app = json.loads((tmp_path / "apps" / "app-config.json").read_text())
     pkg = json.loads((tmp_path / "apps" / "mlc-package-config.json").read_text())
-    assert sorted(m["model_id"] for m in app["model_list"]) == sorted(f"{n}-MLC" for n in rows)
+    # tiny shapes fit none of MLC's prebuilt WebGPU libraries: no WebLLM record names a made-up library
+    assert app["model_list"] == []
     assert {m["model"] for m in pkg["model_list"]} == {f"HF://alice/{n}-MLC" for n in rows}
     libs = {m["model_lib"] for m in pkg["model_list"] if "q4f16_1" in m["model_lib"]}
     assert len(libs) == 1 and len(pkg["model_list"]) == 6

@@ -65,6 +65,10 @@ def share(
     local: bool = typer.Option(False, "--local", help="links for `personalize serve` instead of the Hub"),
     host: str = typer.Option("127.0.0.1", "--host", help="with --local: the serve host"),
     port: int = typer.Option(8765, "--port", help="with --local: the serve port"),
+    model_lib: Optional[str] = typer.Option(None, "--model-lib", help="an MLC model library (.so/.dylib/.tar "
+                                            "from mlc_llm compile) for the mlc_llm command and the app entry"),
+    webllm_version: Optional[str] = typer.Option(None, "--webllm-version", help="name the prebuilt library of "
+                                                 "this @mlc-ai/web-llm version (default: the newest)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Print what each runtime takes: mlc_llm command, WebLLM ModelRecord, iOS/Android package entry."""
@@ -87,7 +91,8 @@ def share(
         if pushed.get("repo_id") == repo:
             revision, endpoint = pushed.get("revision") or "main", pushed.get("endpoint") or DEFAULT_ENDPOINT
     doc = share_records(path, name=name, repo_id=None if local else repo, revision=revision, endpoint=endpoint,
-                        local_url=f"http://{host}:{port}" if local else None, libs_dir=registry.libs_dir)
+                        local_url=f"http://{host}:{port}" if local else None, model_lib=model_lib,
+                        webllm_version=webllm_version)
     if json_out:
         print_json(doc)
         return
@@ -99,7 +104,11 @@ def share(
     typer.echo("\n## mlc_llm (Python / CLI)")
     typer.echo(doc["mlc_llm"]["command"])
     typer.echo("\n## WebLLM ModelRecord (appConfig.model_list entry)")
-    typer.echo(json.dumps(doc["webllm"]["model_record"], indent=2))
+    if doc["webllm"]["model_record"] is not None:
+        typer.echo(f"# @mlc-ai/web-llm {doc['webllm']['webllm_versions']}")
+        typer.echo(json.dumps(doc["webllm"]["model_record"], indent=2))
+    else:
+        typer.echo(f"# none: {doc['webllm']['reason']}")
     typer.echo("\n## iOS / Android mlc-package-config.json model_list entry")
     typer.echo(json.dumps(doc["mlc_package_config"]["iphone"]["model_list"][0], indent=2))
     for note in doc["notes"]:
