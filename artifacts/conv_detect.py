@@ -48,7 +48,10 @@ def _sample_chats(with_system: bool) -> list[tuple[list[dict[str, str]], bool]]:
     one = [{"role": "user", "content": _U1}]
     two = [{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
            {"role": "user", "content": _U2}]
-    chats = [(one, True), (two, True)]
+    # an earlier assistant turn with a reasoning block: templates that drop it (Qwen3) only match
+    # conversations with strip_reasoning_in_history, and the others only those without
+    thinking = [one[0], {"role": "assistant", "content": f"<think>\nTHOUGHTMARKERr5\n</think>\n\n{_A1}"}, two[2]]
+    chats = [(one, True), (two, True), (thinking, True)]
     if with_system:
         sys_msg = [{"role": "system", "content": _SYS}]
         chats += [(sys_msg + one, True), (sys_msg + two, True)]
@@ -92,6 +95,14 @@ def _between(text: str, start_marker: str | None, end_marker: str | None) -> str
     return text[start:end]
 
 
+def _without_closing_eos(text: str, facts: TokenizerFacts) -> str:
+    for tid in facts.eos_token_ids:
+        eos = facts.id_to_token(tid)
+        if eos and text.endswith(eos):
+            return text[: -len(eos)]
+    return text
+
+
 def derive_generic(render: HfRender, facts: TokenizerFacts, name: str = "custom") -> Conversation:
     """Build a Conversation from where marker messages land in the rendered chat template."""
     two = [{"role": "user", "content": _U1}, {"role": "assistant", "content": _A1},
@@ -108,6 +119,8 @@ def derive_generic(render: HfRender, facts: TokenizerFacts, name: str = "custom"
     generation = _between(full, _U2, None)  # = sep_user + role_assistant + role_empty_sep
 
     sep_asst = _between(closed_pair, _A1, None) if _A1 in closed_pair else ""
+    if not between_asst_user.startswith(sep_asst):  # a template may close a finished chat with EOS (Phi-3.5)
+        sep_asst = _without_closing_eos(sep_asst, facts)
     if not between_asst_user.startswith(sep_asst):
         sep_asst = ""
     user_role_and_sep = between_asst_user[len(sep_asst):]
@@ -115,6 +128,8 @@ def derive_generic(render: HfRender, facts: TokenizerFacts, name: str = "custom"
     role_user = user_role_and_sep[: len(user_role_and_sep) - len(role_content_sep)]
     sep_user_and_role_asst = between_user_asst[: len(between_user_asst) - len(role_content_sep)]
     sep_user = _between(closed_user, _U1, None) if _U1 in closed_user else ""
+    if not sep_user_and_role_asst.startswith(sep_user):
+        sep_user = _without_closing_eos(sep_user, facts)
     if not sep_user_and_role_asst.startswith(sep_user):
         sep_user = ""
     role_asst = sep_user_and_role_asst[len(sep_user):]
@@ -165,7 +180,16 @@ def derive_generic(render: HfRender, facts: TokenizerFacts, name: str = "custom"
         system_prefix_token_ids=prefix_ids, add_role_after_system_message=add_role_after_system,
         roles={"user": role_user, "assistant": role_asst}, seps=seps, role_content_sep=role_content_sep,
         role_empty_sep=role_empty_sep, stop_str=stop_str, stop_token_ids=stop_ids,
+        strip_reasoning_in_history=_strips_reasoning(render),
     )  # fmt: skip
+
+
+def _strips_reasoning(render: HfRender) -> bool:
+    """Does the template drop `<think>...</think>` from earlier assistant turns (Qwen3)? MLC's
+    `strip_reasoning_in_history` does the same."""
+    thinking = _sample_chats(with_system=False)[2][0]
+    text = _try_render(render, thinking, True)
+    return text is not None and _A1 in text and "THOUGHTMARKERr5" not in text
 
 
 def _stop_ids_fit(conv: Conversation, facts: TokenizerFacts) -> bool:

@@ -12,6 +12,12 @@ VRAM estimate (bytes), documented because every runtime asks for it and none mea
                 (residual, normed input, attention output; the gate/up projection) plus one row of fp32
                 logits. For SmolLM2-135M q0f16 at 4k context this gives 356 MiB against the 359.7 MiB
                 WebLLM publishes for its own build of that model.
+                + prefill_chunk_size * vocab_size * 4 when the library's vocab dimension is concrete
+                (qwen2, phi3, qwen3): MLC's libraries carry `batch_verify`, which returns fp32 logits for
+                every token of a chunk, and with a concrete vocab its memory plan reserves them
+                statically (Qwen2-0.5B: 622 MB of the 662 MB `batch_verify` entry in the library's
+                memory_usage metadata). With a symbolic vocab (llama, mistral, gemma2) the buffer is
+                allocated on demand and not part of the plan.
 """
 
 from __future__ import annotations
@@ -56,8 +62,11 @@ def model_dtype(quantization: str) -> str:
     return "float16"
 
 
-def estimate_vram(chat_config: dict, tensor_cache: dict) -> VramEstimate:
+def estimate_vram(chat_config: dict, tensor_cache: dict, symbolic_vocab: bool | None = None) -> VramEstimate:
+    """`symbolic_vocab`: whether the library leaves the vocab dimension symbolic (default: what MLC's
+    prebuilt libraries of this model_type do, from the catalog)."""
     mc = chat_config.get("model_config") or {}
+    mc = {**(mc.get("text_config") or {}), **mc}  # gemma3 nests the text model's fields
 
     def field(key: str, default: Any = None) -> Any:
         value = mc.get(key, chat_config.get(key, default))
@@ -81,6 +90,12 @@ def estimate_vram(chat_config: dict, tensor_cache: dict) -> VramEstimate:
         chunk = int(mc.get("prefill_chunk_size") or min(context, 2048))
     kv = int(field("num_hidden_layers")) * 2 * kv_heads * head_dim * context * width
     acts = chunk * (3 * hidden + 2 * int(field("intermediate_size"))) * width + int(field("vocab_size")) * 4
+    if symbolic_vocab is None:
+        from catalog import has_symbolic_vocab
+
+        symbolic_vocab = has_symbolic_vocab(str(chat_config.get("model_type")))
+    if not symbolic_vocab:
+        acts += chunk * int(field("vocab_size")) * 4
     return VramEstimate(parameters=parameter_bytes(tensor_cache), kv_cache=kv, activations=acts,
                         context_window_size=context, prefill_chunk_size=chunk, model_dtype=dtype)
 

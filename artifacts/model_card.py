@@ -197,7 +197,7 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
     model_id = repo_id.split("/")[-1] if repo_id else name
     model_ref = f"HF://{repo_id}" if repo_id else f"./{name}"
     url = f"https://huggingface.co/{repo_id}" if repo_id else f"https://huggingface.co/<org>/{name}"
-    lib_hint = f"<path to the {model_type} {quantization} library, key {key}>"
+    prebuilt = lineage.get("prebuilt_library") or {}
 
     body = [f"# {name}", "",
             f"MLC LLM weights ({quantization}) of a personalized `{model_type}` model, written by "
@@ -220,16 +220,23 @@ def render_model_card(lineage: dict[str, Any], chat_config: dict[str, Any], *, r
     package_entry = {"model": model_ref if repo_id else f"HF://<org>/{name}", "model_id": model_id,
                      "estimated_vram_bytes": vram if vram is not None else "<bytes: weights + KV cache>",
                      "model_lib": system_lib_name(model_type, quantization, key), "bundle_weight": False}
-    body += ["## How to run", "", "### mlc_llm CLI", "", "```bash",
-             f"mlc_llm chat {model_ref} --model-lib {lib_hint}", "```", "",
-             "### WebLLM", "", "```js",
-             "import { CreateMLCEngine } from \"@mlc-ai/web-llm\";",
-             "const appConfig = { model_list: [{",
-             f"  model: \"{url}\",",
-             f"  model_id: \"{model_id}\",",
-             f"  model_lib: \"<URL of the {model_type} {quantization} WebGPU .wasm for library key {key}>\",",
-             "}] };",
-             f"const engine = await CreateMLCEngine(\"{model_id}\", {{ appConfig }});", "```", "",
-             "### iOS / Android (mlc-package-config.json)", "", "```json",
-             json.dumps(package_entry, indent=2), "```", ""]
+    body += ["## How to run", "", "### mlc_llm CLI", "",
+             "mlc_llm compiles (or finds in its cache) the library for this config on first run.", "", "```bash",
+             f"mlc_llm chat {model_ref}", "```", "", "### WebLLM", ""]
+    if prebuilt.get("url"):  # MLC's own prebuilt library fits (recorded by `add`, from the catalog)
+        body += [f"Runs on MLC's prebuilt `{prebuilt['library']}` (built for {prebuilt['base_model']}) with "
+                 f"@mlc-ai/web-llm {prebuilt['webllm_range']}.", "", "```js",
+                 "import { CreateMLCEngine } from \"@mlc-ai/web-llm\";",
+                 "const appConfig = { model_list: [{",
+                 f"  model: \"{url}\",",
+                 f"  model_id: \"{model_id}\",",
+                 f"  model_lib: \"{prebuilt['url']}\",",
+                 f"  overrides: {{ context_window_size: {prebuilt['context_window_size']} }},",
+                 "}] };",
+                 f"const engine = await CreateMLCEngine(\"{model_id}\", {{ appConfig }});", "```", ""]
+    else:
+        body += [prebuilt.get("reason") or "No MLC prebuilt WebGPU library is recorded for this artifact; "
+                 "WebLLM needs one compiled with `mlc_llm compile --device webgpu`.", ""]
+    body += ["### iOS / Android (mlc-package-config.json)", "", "```json", json.dumps(package_entry, indent=2),
+             "```", ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)

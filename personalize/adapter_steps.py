@@ -171,7 +171,8 @@ def adapter_source(adapter_dir: Path, options: AddOptions, registry: Registry,
     if new_vocab is not None:
         override["vocab_size"] = new_vocab
     plan = plan_conversion(base_model, quantization, config_override=override,
-                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=options.scales)
+                           shape_overrides=resized_shapes(adapter, shapes, new_vocab), scales=options.scales,
+                           context_window=options.context_window, prefill_chunk=options.prefill_chunk)
     touched = frozenset(adapter.target_hf_names())
 
     base_artifact, base_lineage = reusable_base_artifact(resolved, base_model, registry, quantization,

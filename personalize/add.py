@@ -42,6 +42,9 @@ class AddOptions:
     base: str | None = None  # adapters: the base model (registry name or HF dir)
     force_base: bool = False
     calibrate: str | None = None  # "builtin" or a text file: calibrated rounding (personalize/calibration.py)
+    lib: str | None = None  # a compiled MLC library the artifact must fit (file or URL): checked before kept
+    context_window: int | None = None  # default: the fitting prebuilt library's (personalize/prebuilt.py)
+    prefill_chunk: int | None = None
 
 
 @dataclass
@@ -57,16 +60,21 @@ def add_source(source: str | Path, *, quantization: str = DEFAULT_QUANTIZATION, 
                device: str = "cpu", progress: ProgressFn | None = None,
                progress_total: Callable[[int], None] | None = None,
                log: Callable[[str], None] | None = None, scales: str = "mlc",
-               registry: Registry | None = None, calibrate: str | None = None) -> AddResult:
+               registry: Registry | None = None, lib: str | None = None, context_window: int | None = None,
+               prefill_chunk: int | None = None,
+               calibrate: str | None = None) -> AddResult:
     """Convert a full HF model dir, a PEFT adapter dir or an hf:// repo into an artifact (in the
     registry, or at `output`)."""
     registry = registry or Registry()
     path, source_record = _local_source(str(source))
     if source_record and name is None and output is None:
         name = default_name(Path(source_record["hub"].split("/")[-1]), quantization, scales)
+    if lib is not None:  # size the artifact for that library (it is checked against it before it is kept)
+        context_window, prefill_chunk = limits_of_library(lib, context_window, prefill_chunk)
     options = AddOptions(quantization=quantization, scales=scales, name=name, output=output,
                          conv_template=conv_template, force=force, evaluate=evaluate, device=device, base=base,
-                         force_base=force_base, calibrate=calibrate)
+                         force_base=force_base, lib=lib, context_window=context_window, prefill_chunk=prefill_chunk,
+                         calibrate=calibrate)
     t_start = time.perf_counter()
     if detect_kind(path) == "adapter":
         from .adapter_steps import adapter_source
@@ -95,7 +103,8 @@ def _local_source(source: str) -> tuple[Path, dict]:
 def model_source(path: Path, options: AddOptions) -> PreparedSource:
     """A full fine-tune: its own weights stream; no merge, nothing to reuse."""
     model = open_model_dir(Path(path))
-    plan = plan_conversion(model, options.quantization, scales=options.scales)
+    plan = plan_conversion(model, options.quantization, scales=options.scales,
+                           context_window=options.context_window, prefill_chunk=options.prefill_chunk)
 
     def annotate(lineage: dict, weights: dict) -> None:
         lineage["source"]["content_sha256"] = weights["source_content_sha256"]
@@ -105,13 +114,41 @@ def model_source(path: Path, options: AddOptions) -> PreparedSource:
 
 
 def build_gate(prepared: PreparedSource, options: AddOptions, log=None) -> GateFn | None:
-    """The equivalence gate for any source kind, or None when skipped (--no-eval)."""
-    if not options.evaluate:
-        return None
-    from .evaluate import make_gate
+    """The equivalence gate for any source kind (None when skipped: --no-eval), after `--lib`'s check."""
+    gate = None
+    if options.evaluate:
+        from .evaluate import make_gate
 
-    return make_gate(reference_dir=prepared.reference_dir, adapter_dir=prepared.adapter_dir,
-                     device=options.device, log=log)
+        gate = make_gate(reference_dir=prepared.reference_dir, adapter_dir=prepared.adapter_dir,
+                         device=options.device, log=log)
+    return checked_against_library(gate, options.lib) if options.lib is not None else gate
+
+
+def limits_of_library(lib: str, context_window: int | None, prefill_chunk: int | None) -> tuple[int | None, int | None]:
+    """The context MLC runs that library with (its catalog record, else its compiled value) and its chunk."""
+    from catalog import find_by_file
+    from catalog.library_metadata import local_library, read_library_metadata
+
+    with local_library(lib) as path:
+        meta = read_library_metadata(path)
+    known = find_by_file(lib)
+    ctx = known[0].context_window_size if known else int(meta.get("context_window_size", -1))
+    chunk = int(meta.get("prefill_chunk_size", -1))
+    return context_window or (ctx if ctx > 0 else None), prefill_chunk or (chunk if chunk > 0 else None)
+
+
+def checked_against_library(gate: GateFn | None, lib: str) -> GateFn:
+    """The staged artifact must fit `lib` (as `personalize check --lib`) or nothing is written."""
+    from .check_lib import LibraryMismatchError, check_library
+
+    def run(tmp: Path, lineage: dict):
+        result = check_library(tmp, lib)
+        lineage["library_check"] = {k: v for k, v in result.to_json().items() if k != "notes"}
+        if not result.ok:
+            raise LibraryMismatchError(result)
+        return gate(tmp, lineage) if gate is not None else None
+
+    return run
 
 
 def convert(prepared: PreparedSource, options: AddOptions, *, registry: Registry, gate: GateFn | None = None,
@@ -139,6 +176,7 @@ def convert(prepared: PreparedSource, options: AddOptions, *, registry: Registry
                                 model_type=plan.config.model_type, quantization=plan.quantization,
                                 scales=plan.scales, library_key=plan.library_key,
                                 compiled_config=plan.config.compiled, source_record=source_record)
+        lineage["prebuilt_library"] = plan.prebuilt
         if prepared.annotate_lineage:
             prepared.annotate_lineage(lineage, weights)
         gate_and_finalize(tmp, lineage, weights, timer, t_start, gate)

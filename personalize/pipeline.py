@@ -20,11 +20,13 @@ from artifacts.tensor_cache import TensorCacheWriter
 from ingest.errors import IngestError
 from ingest.source import ModelDir
 from quantize import NonFiniteWeightError, check_scale_mode, get_scheme, library_params, quantize_param
+from quantize.convert import assemble_source
 from quantize.spec import SourceParam
 from registry.store import pause_point
 
 from .arch import Architecture, LibraryConfig, get_architecture, library_key
 from .ordering import counted_source_params, loading_order
+from .prebuilt import fit_prebuilt
 
 DEFAULT_QUANTIZATION = "q4f16_1"
 
@@ -58,6 +60,7 @@ class ConversionPlan:
     params: list[SourceParam]
     order: list[SourceParam]
     scales: str = "mlc"  # per-group scales: "mlc" (bit-exact) or a searched mode (quantize/search.py)
+    prebuilt: dict | None = None  # MLC's prebuilt library that fits (personalize/prebuilt.py), for lineage
 
     @property
     def library_key(self) -> str:
@@ -70,7 +73,8 @@ class ConversionPlan:
 
 
 def plan_conversion(model: ModelDir, quantization: str, config_override: dict | None = None,
-                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc") -> ConversionPlan:
+                    shape_overrides: dict[str, tuple[int, ...]] | None = None, scales: str = "mlc",
+                    context_window: int | None = None, prefill_chunk: int | None = None) -> ConversionPlan:
     scheme = get_scheme(quantization)
     check_scale_mode(scales)
     hf_config = dict(model.config)
@@ -78,11 +82,12 @@ def plan_conversion(model: ModelDir, quantization: str, config_override: dict | 
         hf_config.update(config_override)
     arch = get_architecture(hf_config.get("model_type"), path=str(model.config_path))
     config = arch.library_config(hf_config, path=str(model.config_path))
+    config, prebuilt = fit_prebuilt(config, scheme.name, context_window=context_window, prefill_chunk=prefill_chunk)
     params = arch.source_params(config)
     check_sources(model, params, shape_overrides or {})
     library_params(params, scheme)  # raises early if the scheme cannot express a parameter
     order = loading_order(params, model.weights.file_order)
-    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales)
+    return ConversionPlan(model, arch, config, scheme.name, params, order, scales=scales, prebuilt=prebuilt)
 
 
 def check_sources(model: ModelDir, params: list[SourceParam],
@@ -174,7 +179,7 @@ def write_weights(plan: ConversionPlan, out_dir: Path, timer: StageTimer, progre
                 with timer.time("merge"):
                     arrays = [merge(name, arr) for name, arr in zip(param.sources, arrays)]
             with timer.time("quantize"):
-                weight = arrays[0] if len(arrays) == 1 else _concat_rows(arrays)
+                weight = assemble_source(param, arrays)
                 del arrays
                 outputs = quantize_checked(param, weight, scheme, infos, scales=plan.scales)
                 del weight
@@ -226,8 +231,10 @@ def quantize_in_row_blocks(plan: ConversionPlan, param: SourceParam, scheme, tim
             block = plan.model.weights.read_rows(source, start, start + step)
             digest.update(np.ascontiguousarray(block).reshape(-1).view(np.uint8))
         with timer.time("quantize"):
-            part = SourceParam(param.name, (block.shape[0],) + tuple(param.shape[1:]), param.sources, param.role)
-            pieces = quantize_checked(part, block, scheme, plan.model.weights.tensors, scales=plan.scales)
+            part = SourceParam(param.name, (block.shape[0],) + tuple(param.shape[1:]), param.sources, param.role,
+                               transform=param.transform)
+            pieces = quantize_checked(part, assemble_source(part, [block]), scheme, plan.model.weights.tensors,
+                                      scales=plan.scales)
             if not outputs:
                 outputs = [(name, np.empty(_full_shape(arr.shape, axis, rows), arr.dtype)) for name, arr in pieces]
             for (_, full), (_, arr) in zip(outputs, pieces):
@@ -256,13 +263,6 @@ def combine_digests(digests: dict[str, str]) -> str:
     for name in sorted(digests):
         h.update(f"{name}:{digests[name]}\n".encode())
     return h.hexdigest()
-
-
-def _concat_rows(arrays: list[np.ndarray]) -> np.ndarray:
-    dtypes = {a.dtype for a in arrays}
-    if len(dtypes) > 1:  # mixed source dtypes: concatenate in float32 (exact for every float input)
-        arrays = [a.astype(np.float32) for a in arrays]
-    return np.concatenate(arrays, axis=0)
 
 
 @dataclass

@@ -8,6 +8,16 @@ sha256 from personalize.json (If-None-Match, strong or weak `W/"..."` -> 304), C
 (WebLLM fetches cross-origin). Connections are handled by a bounded worker pool and each one has a
 socket timeout, so slow or half-sent requests cannot pile up threads or hold a worker forever.
 `/libs/<file>` serves compiled libraries (e.g. a WebGPU .wasm) from the registry's libs/ directory.
+
+Revisions: `main`, and the commit advertised in X-Repo-Commit (for `local/<name>` the sha1 of the
+artifact's personalize.json, which changes whenever the artifact does). Any other commit is 404, so a
+URL pinned to a commit never serves the files of a later `add --force` under the same name, and a
+re-added artifact gets a new URL that no browser cache (WebLLM never revalidates) has seen.
+
+The chat page: `/` is a small static page (publish/page/index.html) that lists `/api/models` and chats
+with an artifact through WebLLM and MLC's prebuilt WebGPU library. It imports web-llm from the npm CDN
+unless `PageOptions.webllm_dir` names a local copy (served at `/vendor/web-llm/`);
+`PageOptions.prebuilt_dir` serves a local mirror of MLC's libraries at `/prebuilt/`.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +39,11 @@ from artifacts.format import LINEAGE_JSON
 from personalize_errors import UserError
 from registry.store import read_published
 
+# The last web-llm release that loads MLC's v0_2_48 libraries (and reads ndarray-cache.json).
+WEBLLM_VERSION = "0.2.79"
+WEBLLM_CDN = f"https://esm.run/@mlc-ai/web-llm@{WEBLLM_VERSION}"
+PAGE_FILE = Path(__file__).with_name("page") / "index.html"
+
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
@@ -37,8 +53,25 @@ CORS_HEADERS = {
 }
 RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 LIB_FILE = re.compile(r"^/libs/(?P<file>[A-Za-z0-9][A-Za-z0-9._-]*)$")
+# /vendor/web-llm/<path> and /prebuilt/<path>: plain names only, no '..' segment can match.
+STATIC = re.compile(r"^/(?P<root>vendor/web-llm|prebuilt)/(?P<file>(?:[A-Za-z0-9@_][A-Za-z0-9._@-]*/)*"
+                    r"[A-Za-z0-9_][A-Za-z0-9._-]*)$")
 CONTENT_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".txt": "text/plain",
-                 ".wasm": "application/wasm", ".jinja": "text/plain; charset=utf-8"}
+                 ".wasm": "application/wasm", ".jinja": "text/plain; charset=utf-8",
+                 ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".mjs": "text/javascript; charset=utf-8", ".map": "application/json"}
+
+
+@dataclass(frozen=True)
+class PageOptions:
+    """Where the chat page gets web-llm and MLC's libraries from."""
+
+    webllm_url: str = WEBLLM_CDN  # an ES module URL; ignored when webllm_dir is set
+    webllm_dir: Path | None = None  # a web-llm package directory (e.g. node_modules/@mlc-ai/web-llm)
+    prebuilt_dir: Path | None = None  # a local mirror of MLC's prebuilt libraries (…/v0_2_48/*.wasm)
+
+    def module_url(self) -> str:
+        return "/vendor/web-llm/lib/index.js" if self.webllm_dir else self.webllm_url
 CHUNK = 1 << 20
 WORKERS = 32  # connections served at once (a browser opens ~6 per host); more wait in the queue
 BACKLOG = 256  # connections accepted but waiting for a worker; beyond that new ones are closed at once
@@ -66,14 +99,31 @@ class ArtifactIndex:
                 out[rec["repo_id"]] = name
         return out
 
-    def revisions(self, name: str) -> set[str]:
-        rec = read_published(self.home).get(name) or {}
-        return {"main"} | {r for r in (rec.get("revision"), rec.get("commit")) if r}
+    def commit(self, repo: str, name: str) -> str | None:
+        """The commit id served for `repo` (advertised as X-Repo-Commit), None if the artifact is unreadable.
+
+        The pushed commit for the repo it was pushed to; otherwise the sha1 of personalize.json, which
+        lists the sha256 of every file, so it changes whenever any file does.
+        """
+        pushed = read_published(self.home).get(name) or {}
+        if repo == pushed.get("repo_id") and pushed.get("commit"):
+            return pushed["commit"]
+        try:
+            return Artifact(self._resolve(name)).revision
+        except (UserError, OSError):
+            return None
+
+    def revisions(self, repo: str, name: str) -> set[str]:
+        """The revisions `repo` answers for: main, its commit, and the branch it was pushed to."""
+        commit = self.commit(repo, name)
+        pushed = read_published(self.home).get(name) or {}
+        branch = pushed.get("revision") if repo == pushed.get("repo_id") else None
+        return {"main"} | {r for r in (commit, branch) if r}
 
     def lookup(self, repo: str, rev: str, file: str) -> tuple[Path, dict | None, str] | None:
         """(path on disk, lineage record or None for personalize.json, commit id) or None if not served."""
         name = self.repos().get(repo)
-        if name is None or rev not in self.revisions(name):
+        if name is None or rev not in self.revisions(repo, name):
             return None
         try:  # the registry may change under us (rm, a replace): a vanished artifact is a 404, not a crash
             artifact = Artifact(self._resolve(name))
@@ -88,9 +138,104 @@ class ArtifactIndex:
         if not path.is_relative_to(root.resolve()) or not path.is_file():
             return None
         # huggingface_hub clients require a commit id; the pushed commit when the files are that commit's.
-        pushed = read_published(self.home).get(name) or {}
-        commit = pushed.get("commit") if repo == pushed.get("repo_id") else None
-        return path, (files.get(file) if file != LINEAGE_JSON else None), commit or revision
+        commit = self.commit(repo, name) or revision
+        return path, (files.get(file) if file != LINEAGE_JSON else None), commit
+
+    def models(self, base_url: str, page: PageOptions) -> list[dict]:
+        """One entry per served repo for the chat page: what a WebLLM ModelRecord needs."""
+        webllm_version = webllm_version_of(page)
+        out = []
+        for repo, name in sorted(self.repos().items()):
+            try:
+                artifact = Artifact(self._resolve(name))
+                lineage, chat = artifact.lineage, artifact.chat_config
+            except (UserError, OSError, ValueError):
+                continue  # vanished, half-written or broken: `personalize verify` reports it
+            commit = self.commit(repo, name)
+            library = prebuilt_library(lineage, webllm_version)
+            quant = chat.get("quantization") or lineage.get("quantization")
+            features = (library or {}).get("required_features")
+            out.append({
+                "id": repo, "name": name, "commit": commit,
+                "model_type": chat.get("model_type") or lineage.get("model_type"), "quantization": quant,
+                # pinned to the commit: WebLLM uses a URL with /resolve/<rev>/ as given and caches by URL
+                "model_url": f"{base_url}/{repo}/resolve/{commit}/",
+                "model_id": f"{name}@{(commit or 'main')[:12]}",
+                "model_lib": library_url(library, base_url, page.prebuilt_dir),
+                "webllm_range": (library or {}).get("webllm_range"),
+                "context_window_size": _library_context(library, chat),
+                "required_features": features if isinstance(features, list) else
+                                     (["shader-f16"] if quant and "f16" in quant else []),
+            })
+        return out
+
+
+def webllm_version_of(page: "PageOptions") -> str | None:
+    """The web-llm version the page imports: the local package's, or the one a CDN URL names."""
+    if page.webllm_dir is not None:
+        try:
+            return json.loads((Path(page.webllm_dir) / "package.json").read_text()).get("version")
+        except (OSError, ValueError):
+            return None
+    m = re.search(r"web-llm@(\d+\.\d+\.\d+)", page.webllm_url)
+    return m.group(1) if m else None
+
+
+def _in_range(version: str | None, spec: Any) -> bool:
+    """'>=0.2.51 <=0.2.79' style ranges (what the catalog records); no version or no range: True."""
+    if not version or not isinstance(spec, str):
+        return True
+    v = tuple(int(x) for x in version.split("."))
+    for part in spec.split():
+        m = re.fullmatch(r"(>=|<=|>|<|=)?(\d+\.\d+\.\d+)", part)
+        if not m:
+            continue
+        w = tuple(int(x) for x in m.group(2).split("."))
+        op = m.group(1) or "="
+        if not {">=": v >= w, "<=": v <= w, ">": v > w, "<": v < w, "=": v == w}[op]:
+            return False
+    return True
+
+
+def prebuilt_library(lineage: dict, webllm_version: str | None) -> dict | None:
+    """The prebuilt library `add` recorded (personalize.json `prebuilt_library`, with the other library
+    directories it is also in) that the page's web-llm version loads: {"library", "url", ...} or None."""
+    rec = lineage.get("prebuilt_library") or lineage.get("library")
+    if isinstance(rec, str):
+        rec = {"url": rec}
+    if not isinstance(rec, dict) or not (rec.get("url") or isinstance(rec.get("library"), str)):
+        return None
+    candidates = [rec] + [c for c in rec.get("also_in") or [] if isinstance(c, dict)]
+    fits = [c for c in candidates if _in_range(webllm_version, c.get("webllm_range"))]
+    return {**rec, **fits[0]} if fits else None
+
+
+def library_url(library: dict | None, base_url: str, prebuilt_dir: Path | None) -> str | None:
+    """Its URL; a file of the same relative path (e.g. v0_2_48/X.wasm) or name under `prebuilt_dir` wins
+    (served at /prebuilt/), so the page works offline."""
+    if not library:
+        return None
+    url = library.get("url")
+    rel = library.get("library") if isinstance(library.get("library"), str) else None
+    name = Path(rel or url or "").name
+    if prebuilt_dir is not None and name.endswith(".wasm"):
+        root = Path(prebuilt_dir).resolve()
+        exact = (root / rel).resolve() if rel else None
+        if exact is not None and exact.is_file() and exact.is_relative_to(root):
+            return f"{base_url}/prebuilt/{exact.relative_to(root).as_posix()}"
+        hits = sorted(p for p in root.rglob("*.wasm") if p.name == name and p.is_file())
+        if hits:
+            return f"{base_url}/prebuilt/{hits[0].relative_to(root).as_posix()}"
+    return url
+
+
+def _library_context(library: dict | None, chat: dict) -> int:
+    """The KV cache size for WebLLM: the context MLC's own records use with that library."""
+    if library and isinstance(library.get("context_window_size"), int) and library["context_window_size"] > 0:
+        return library["context_window_size"]
+    return min(int(chat.get("context_window_size") or 4096), 4096)  # MLC's WebGPU libraries are ctx4k
+
+
 
 
 def _sha256_of(path: Path) -> str:
@@ -130,6 +275,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 
 class ShareHandler(BaseHTTPRequestHandler):
     index: ArtifactIndex
+    page: PageOptions = PageOptions()
     protocol_version = "HTTP/1.1"
     server_version = "personalize-serve"
 
@@ -167,7 +313,9 @@ class ShareHandler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         raw = urlsplit(self.path).path
         path = unquote(raw)
-        if path in ("/", "/api/models"):
+        if path in ("/", "/index.html"):
+            return self._page()
+        if path == "/api/models":
             return self._listing()
         m = RESOLVE.match(path)
         if m is not None:
@@ -182,16 +330,31 @@ class ShareHandler(BaseHTTPRequestHandler):
             file = (self.index.libs_dir / m["file"]).resolve()
             if file.is_file() and file.is_relative_to(self.index.libs_dir.resolve()):
                 return self._file(file, _sha256_of(file), m["file"])
+        m = STATIC.match(path)
+        if m is not None:
+            root = self.page.webllm_dir if m["root"] == "vendor/web-llm" else self.page.prebuilt_dir
+            if root is not None and ".." not in m["file"].split("/"):
+                file = (Path(root) / m["file"]).resolve()
+                if file.is_file() and file.is_relative_to(Path(root).resolve()):
+                    return self._file(file, _sha256_of(file), m["file"])
         return self._error(404, f"not found: {path}")
 
-    def _listing(self) -> None:
-        repos = self.index.repos()
+    def _base_url(self) -> str:
         host = self.headers.get("host") or "%s:%d" % self.server.server_address[:2]
-        doc = [{"id": repo, "artifact": name, "url": f"http://{host}/{repo}"} for repo, name in sorted(repos.items())]
-        body = (json.dumps(doc, indent=2) + "\n").encode()
-        self._headers(200, {"Content-Type": "application/json", "Content-Length": len(body)})
+        return f"http://{host}"
+
+    def _send(self, body: bytes, content_type: str) -> None:
+        self._headers(200, {"Content-Type": content_type, "Content-Length": len(body), "Cache-Control": "no-cache"})
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _page(self) -> None:
+        self._send(PAGE_FILE.read_bytes(), CONTENT_TYPES[".html"])
+
+    def _listing(self) -> None:
+        doc = {"webllm_url": self.page.module_url(), "webllm_version": webllm_version_of(self.page),
+               "models": self.index.models(self._base_url(), self.page)}
+        self._send((json.dumps(doc, indent=2) + "\n").encode(), "application/json")
 
     def _file(self, file: Path, etag: str, name: str, extra: dict | None = None) -> None:
         size = file.stat().st_size
@@ -261,11 +424,12 @@ class PooledHTTPServer(HTTPServer):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765, *, workers: int = WORKERS,
-                timeout: float = TIMEOUT_S) -> PooledHTTPServer:
-    handler = type("BoundShareHandler", (ShareHandler,), {"index": index, "timeout": timeout})
+def make_server(index: ArtifactIndex, host: str = "127.0.0.1", port: int = 8765, *, page: PageOptions | None = None,
+                workers: int = WORKERS, timeout: float = TIMEOUT_S) -> PooledHTTPServer:
+    handler = type("BoundShareHandler", (ShareHandler,),
+                   {"index": index, "timeout": timeout, "page": page or PageOptions()})
     return PooledHTTPServer((host, port), handler, workers=workers)
 
 
-__all__ = ["ArtifactIndex", "PooledHTTPServer", "ShareHandler", "etag_matches", "make_server", "parse_range",
-           "CORS_HEADERS"]
+__all__ = ["ArtifactIndex", "PageOptions", "PooledHTTPServer", "ShareHandler", "etag_matches", "make_server",
+           "parse_range", "library_url", "prebuilt_library", "CORS_HEADERS", "WEBLLM_CDN", "WEBLLM_VERSION"]

@@ -30,6 +30,23 @@ def check_scale_mode(scales: str) -> None:
         raise QuantizeError(f"unknown scale mode {scales!r}", hint=f"use one of: {', '.join(SCALE_MODES)}")
 
 
+def assemble_source(param: SourceParam, arrays: list[np.ndarray]) -> np.ndarray:
+    """The unquantized weight of `param` from its source arrays (or one row block of its single
+    source): concatenated along axis 0, then the named transform applied in the source dtype."""
+    if len(arrays) == 1:
+        weight = arrays[0]
+    else:
+        if len({a.dtype for a in arrays}) > 1:  # mixed source dtypes: float32 is exact for every float input
+            arrays = [a.astype(np.float32) for a in arrays]
+        weight = np.concatenate(arrays, axis=0)
+    if param.transform == "none":
+        return weight
+    if param.transform == "add_one":
+        return weight + weight.dtype.type(1)  # numpy's own rounding in the source dtype, as MLC's map_func
+    raise QuantizeError(f"{param.name}: unknown transform {param.transform!r}",
+                        hint="this is a bug in the architecture definition")
+
+
 def library_params(params: list[SourceParam], scheme: Scheme) -> list[LibraryParam]:
     """The compiled library's parameter list, in order, for these params under `scheme`."""
     out: list[LibraryParam] = []

@@ -19,13 +19,21 @@ Role = Literal["linear", "lm_head", "embedding", "norm", "bias"]
 
 Dim = Union[int, str]  # a str is a symbolic dimension resolved from mlc-chat-config.json ("vocab_size")
 
+# A named value transform MLC's loader applies after the concatenation, in the *source* dtype:
+#   none    - the values as they are
+#   add_one - `x + 1` (gemma's RMSNorm stores 1 + w; MLC adds in the source numpy dtype, so a bf16
+#             checkpoint rounds to bf16 before the cast to the model dtype)
+Transform = Literal["none", "add_one"]
+TRANSFORMS: tuple[str, ...] = ("none", "add_one")
+
 
 @dataclass(frozen=True)
 class SourceParam:
     """One unquantized library parameter and the HF tensors it is built from.
 
     `sources` are concatenated along axis 0 in this order (q,k,v / gate,up); a single source
-    is taken as is. `shape` is the concrete shape; `symbolic_shape` may name a dimension.
+    is taken as is; then `transform` is applied element-wise (so row blocks may be transformed
+    one at a time). `shape` is the concrete shape; `symbolic_shape` may name a dimension.
     """
 
     name: str
@@ -34,6 +42,7 @@ class SourceParam:
     role: Role
     symbolic_shape: tuple[Dim, ...] | None = None
     source_rows: tuple[int, ...] | None = None  # rows each source contributes (None: one source)
+    transform: Transform = "none"
 
     def expected_source_shape(self, index: int) -> tuple[int, ...]:
         rows = self.source_rows[index] if self.source_rows else self.shape[0]

@@ -90,6 +90,13 @@ def tiny_qwen2(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen3", "qwen3", tied=True, seed=4)
+    add_chatml_tokenizer(d)
+    return d
+
+
 def run_cli(*args: str, env: dict | None = None):
     """Run the real CLI in-process; returns (exit_code, stdout, stderr)."""
     from typer.testing import CliRunner
@@ -99,3 +106,26 @@ def run_cli(*args: str, env: dict | None = None):
     runner = CliRunner()
     result = runner.invoke(app, list(args), env=env, catch_exceptions=False)
     return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2(tmp_path_factory) -> Path:
+    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma2", "gemma2", tied=True, seed=5,
+                        norm_grid=1 / 32)
+    add_chatml_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3(tmp_path_factory) -> Path:
+    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-phi3", "phi3", tied=False, seed=6)
+    add_chatml_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma3", "gemma3_text", tied=True, seed=7,
+                        norm_grid=1 / 32)
+    add_chatml_tokenizer(d)
+    return d

@@ -18,11 +18,14 @@ from artifacts.errors import ConvTemplateError
 ONE_TURN = [{"role": "user", "content": "What is the capital of France?"}]
 TWO_TURN = ONE_TURN + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
 WITH_SYSTEM = [{"role": "system", "content": "Answer briefly."}] + TWO_TURN
+THINKING = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nworld"},
+            {"role": "user", "content": "what"}]
 
 
 # The ids each family's runtime stops at: MLC's own list for the named templates (qwen2, gemma);
 # eos ids plus the end-of-turn token for derived ones.
-EXPECTED_STOP_IDS = {"llama3": [128001, 128009], "qwen2": [151643, 151645], "mistral": [2], "gemma": [1, 107]}
+EXPECTED_STOP_IDS = {"llama3": [128001, 128009], "qwen2": [151643, 151645], "mistral": [2], "gemma": [1, 107],
+                     "gemma2": [1, 107], "phi3": [32000, 32001, 32007], "qwen3": [151645, 151643]}
 
 
 def assert_reproduces(model_dir: Path, chats, **kwargs):
@@ -64,8 +67,14 @@ def test_tiny_families_reproduce_their_template(tmp_path, family):
         # Qwen2's template is MLC's qwen2 verbatim (system message and stop ids included)
         assert det.method == "named" and det.conv == named_template("qwen2")
         assert_reproduces(model_dir, [WITH_SYSTEM])
-    if family == "gemma":
+    if family in ("gemma", "gemma2"):
         assert det.method == "named" and det.conv == named_template("gemma_instruction")
+    if family in ("phi3", "qwen3"):
+        # no default system message (MLC's phi-3 and qwen3 add one): rendered faithfully instead
+        assert det.method == "generic" and det.conv.system_message == ""
+    if family == "qwen3":  # earlier turns' <think> blocks dropped, as Qwen3's template and MLC's qwen3 do
+        assert det.conv.strip_reasoning_in_history
+        assert_reproduces(model_dir, [THINKING])
     if family == "llama3":
         # no default system message, so MLC's llama-3 (which has one) must not be claimed
         assert det.method == "generic" and det.conv.system_prefix_token_ids == [128000]

@@ -40,6 +40,30 @@ GEMMA_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 
+PHI3_TEMPLATE = (  # Phi-3.5-mini-instruct's (closes a finished chat with EOS)
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+         "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+         "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+         "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+         "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}")
+QWEN3_TEMPLATE = (  # Qwen3's, without its tool-calling branches: thinking stripped from history
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- endif %}"
+ "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}"
+ "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+ "{%- if ns.multi_step_tool and message.role == 'user' and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}"
+ "{%- set ns.multi_step_tool = false %}{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+ "{%- for message in messages %}{%- if message.content is string %}{%- set content = message.content %}{%- else %}{%- set content = '' %}{%- endif %}"
+ "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) %}{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}"
+ "{%- elif message.role == 'assistant' %}{%- set reasoning_content = '' %}"
+ "{%- if message.reasoning_content is string %}{%- set reasoning_content = message.reasoning_content %}{%- else %}"
+ "{%- if '</think>' in content %}{%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+ "{%- set content = content.split('</think>')[-1].lstrip('\n') %}{%- endif %}{%- endif %}"
+ "{%- if loop.index0 > ns.last_query_index %}{%- if loop.last or (not loop.last and reasoning_content) %}"
+ "{{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}"
+ "{%- else %}{{- '<|im_start|>' + message.role + '\n' + content }}{%- endif %}{%- else %}{{- '<|im_start|>' + message.role + '\n' + content }}{%- endif %}"
+ "{{- '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+ "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}")
+
 FAMILIES = {
     "llama3": dict(template=LLAMA3_TEMPLATE, bos=("<|begin_of_text|>", 128000), eos=("<|eot_id|>", 128009),
                    extra={"<|end_of_text|>": 128001, "<|start_header_id|>": 128006, "<|end_header_id|>": 128007},
@@ -52,6 +76,15 @@ FAMILIES = {
     "gemma": dict(template=GEMMA_TEMPLATE, bos=("<bos>", 2), eos=("<eos>", 1),
                   extra={"<pad>": 0, "<start_of_turn>": 106, "<end_of_turn>": 107}, eos_ids=[1, 107],
                   model_type="gemma"),
+    "gemma2": dict(template=GEMMA_TEMPLATE, bos=("<bos>", 2), eos=("<eos>", 1),  # gemma-2-it: gemma's template
+                   extra={"<pad>": 0, "<start_of_turn>": 106, "<end_of_turn>": 107}, eos_ids=[1, 107],
+                   model_type="gemma2"),
+    "phi3": dict(template=PHI3_TEMPLATE, bos=("<s>", 1), eos=("<|endoftext|>", 32000),
+                 extra={"<unk>": 0, "</s>": 2, "<|assistant|>": 32001, "<|system|>": 32006, "<|end|>": 32007,
+                        "<|user|>": 32010}, eos_ids=[32000, 32001, 32007], model_type="phi3"),
+    "qwen3": dict(template=QWEN3_TEMPLATE, bos=None, eos=("<|im_end|>", 151645),
+                  extra={"<|endoftext|>": 151643, "<|im_start|>": 151644, "<think>": 151667, "</think>": 151668},
+                  eos_ids=[151645, 151643], model_type="qwen3"),
 }
 
 WORDS = ["hello", "world", "what", "is", "the", "capital", "of", "france", "paris", "?", "."]

@@ -61,23 +61,77 @@ def load_hf(model_dir: Path) -> tuple[list[str], dict[str, np.ndarray]]:
 
 
 def mlc_params(cfg: dict, model_type: str) -> list[tuple[str, list[str], str]]:
-    """(MLC name, HF sources, role) written from mlc-format.md §1.5."""
-    fused = "c_attn" if model_type == "qwen2" else "qkv_proj"
+    """(MLC name, HF sources, role) written from MLC's loaders (mlc-format.md §1.5,
+    model/<arch>/<arch>_loader.py); role "keep" = cast only, "add_one" = (x + 1) in the source dtype."""
+    if model_type == "phi3":
+        return phi3_params(cfg)
+    if model_type == "gemma3_text":
+        return gemma3_params(cfg)
+    fused = {"qwen2": "c_attn", "qwen3": "c_attn"}.get(model_type, "qkv_proj")
+    gemma = model_type in ("gemma2",)
+    norm_role = "add_one" if gemma else "keep"
     out = [("model.embed_tokens.weight", ["model.embed_tokens.weight"], "embedding")]
     for i in range(cfg["num_hidden_layers"]):
         a, m = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
         out.append((f"{a}.{fused}.weight", [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"],
                     "linear"))
-        if model_type == "qwen2":
+        if model_type == "qwen2" or (model_type == "qwen3" and cfg.get("attention_bias")):
             out.append((f"{a}.{fused}.bias", [f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"], "keep"))
         out.append((f"{a}.o_proj.weight", [f"{a}.o_proj.weight"], "linear"))
+        if model_type == "qwen3":
+            if cfg.get("attention_bias"):
+                out.append((f"{a}.o_proj.bias", [f"{a}.o_proj.bias"], "keep"))
+            out += [(f"{a}.{n}.weight", [f"{a}.{n}.weight"], "keep") for n in ("q_norm", "k_norm")]
         out.append((f"{m}.gate_up_proj.weight", [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"], "linear"))
         out.append((f"{m}.down_proj.weight", [f"{m}.down_proj.weight"], "linear"))
-        for n in ("input_layernorm", "post_attention_layernorm"):
-            out.append((f"model.layers.{i}.{n}.weight", [f"model.layers.{i}.{n}.weight"], "keep"))
-    out.append(("model.norm.weight", ["model.norm.weight"], "keep"))
+        norms = ["input_layernorm", "post_attention_layernorm"]
+        if model_type == "gemma2":
+            norms += ["pre_feedforward_layernorm", "post_feedforward_layernorm"]
+        for n in norms:
+            out.append((f"model.layers.{i}.{n}.weight", [f"model.layers.{i}.{n}.weight"], norm_role))
+    out.append(("model.norm.weight", ["model.norm.weight"], norm_role))
+    if gemma:
+        return out  # always tied
     if model_type == "mistral" or not cfg.get("tie_word_embeddings", False):
         out.append(("lm_head.weight", ["lm_head.weight"], "linear"))
+    return out
+
+
+def gemma3_params(cfg: dict) -> list[tuple[str, list[str], str]]:
+    """gemma3_loader.py: the decoder under language_model.model, q/k/v not fused, gate/up fused, every
+    norm (q_norm and k_norm too) +1; always tied."""
+    p = "language_model.model"
+    out = [(f"{p}.embed_tokens.weight", ["model.embed_tokens.weight"], "embedding")]
+    for i in range(cfg["num_hidden_layers"]):
+        a, m, h = f"{p}.layers.{i}.self_attn", f"{p}.layers.{i}.mlp", f"model.layers.{i}"
+        out += [(f"{a}.{x}.weight", [f"{h}.self_attn.{x}.weight"], "linear") for x in ("q_proj", "k_proj", "v_proj",
+                                                                                       "o_proj")]
+        out += [(f"{a}.{x}.weight", [f"{h}.self_attn.{x}.weight"], "add_one") for x in ("q_norm", "k_norm")]
+        out.append((f"{m}.gate_up_proj.weight", [f"{h}.mlp.gate_proj.weight", f"{h}.mlp.up_proj.weight"], "linear"))
+        out.append((f"{m}.down_proj.weight", [f"{h}.mlp.down_proj.weight"], "linear"))
+        out += [(f"{p}.layers.{i}.{n}.weight", [f"{h}.{n}.weight"], "add_one")
+                for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                          "post_feedforward_layernorm")]
+    out.append((f"{p}.norm.weight", ["model.norm.weight"], "add_one"))
+    return out
+
+
+def phi3_params(cfg: dict) -> list[tuple[str, list[str], str]]:
+    """phi3_loader.py: HF already fuses qkv_proj and gate_up_proj; MLC renames the modules. A tied
+    checkpoint (Phi-4-mini) gets lm_head from the embedding: MLC's prebuilt Phi-4-mini library takes
+    an lm_head (tests/data/prebuilt/metadata/Phi-4-mini-instruct-*.json)."""
+    out = [("transformer.embd.weight", ["model.embed_tokens.weight"], "embedding")]
+    for i in range(cfg["num_hidden_layers"]):
+        t, h = f"transformer.h.{i}", f"model.layers.{i}"
+        out += [(f"{t}.ln.weight", [f"{h}.input_layernorm.weight"], "keep"),
+                (f"{t}.mixer.qkv_proj.weight", [f"{h}.self_attn.qkv_proj.weight"], "linear"),
+                (f"{t}.mixer.out_proj.weight", [f"{h}.self_attn.o_proj.weight"], "linear"),
+                (f"{t}.mlp.gate_up_proj.weight", [f"{h}.mlp.gate_up_proj.weight"], "linear"),
+                (f"{t}.mlp.down_proj.weight", [f"{h}.mlp.down_proj.weight"], "linear"),
+                (f"{t}.post_attention_layernorm.weight", [f"{h}.post_attention_layernorm.weight"], "keep")]
+    out.append(("transformer.norm.weight", ["model.norm.weight"], "keep"))
+    head = "model.embed_tokens.weight" if cfg.get("tie_word_embeddings") else "lm_head.weight"
+    out.append(("lm_head.weight", [head], "linear"))
     return out
 
 
@@ -96,6 +150,8 @@ def reference_stream(model_dir: Path, scheme: str):
             emitted.setdefault(p[0], p)
     for name, sources, role in emitted.values():
         w = np.concatenate([tensors[s] for s in sources], axis=0)
+        if role == "add_one":
+            w, role = w + 1, "keep"  # MLC's map_func: numpy in the source dtype (bf16 rounds here)
         if kind == "none" or role == "keep":
             yield name, cast_to_model_dtype(w, dtype)
             continue
@@ -126,6 +182,12 @@ MODELS = {
     "llama-untied": dict(model_type="llama", tied=False),
     "mistral": dict(model_type="mistral"),
     "qwen2": dict(model_type="qwen2", tied=False),
+    "qwen3-tied": dict(model_type="qwen3", tied=True),
+    "qwen3-untied-bias": dict(model_type="qwen3", tied=False, attention_bias=True),
+    "gemma2": dict(model_type="gemma2", tied=True),
+    "gemma3_text": dict(model_type="gemma3_text", tied=True),
+    "phi3": dict(model_type="phi3", tied=False, partial_rotary_factor=0.5),  # head_dim 12: 6 rotated
+    "phi3-tied": dict(model_type="phi3", tied=True, partial_rotary_factor=0.5),
 }
 
 
@@ -133,9 +195,10 @@ MODELS = {
 def odd_models(tmp_path_factory):
     """Tiny models with K not a multiple of 32 or 40 (hidden 72, intermediate 100) in bf16."""
     root = tmp_path_factory.mktemp("exact")
+    extra = {"attention_bias", "partial_rotary_factor"}
     return {key: make_tiny_model(root / key, kw["model_type"], tied=kw.get("tied", False), seed=i,
                                  hidden_size=72, intermediate_size=100, num_attention_heads=6,
-                                 num_key_value_heads=2, vocab_size=200)
+                                 num_key_value_heads=2, vocab_size=200, **{k: kw[k] for k in extra & kw.keys()})
             for i, (key, kw) in enumerate(MODELS.items())}
 
 

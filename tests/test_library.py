@@ -24,12 +24,21 @@ def tiny_hf(model_type: str, tied: bool) -> dict:
                rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied)
     if model_type == "mistral":
         cfg.update(tie_word_embeddings=False, sliding_window=128)
+    if model_type == "qwen3":
+        cfg.update(head_dim=24, attention_bias=not tied)
+    if model_type in ("gemma2", "gemma3_text"):
+        cfg.update(head_dim=16, sliding_window=128, hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=30.0,
+                   query_pre_attn_scalar=16)
+    if model_type == "phi3":
+        cfg.update(partial_rotary_factor=0.75, original_max_position_embeddings=64,
+                   rope_scaling={"type": "longrope", "long_factor": [1.0] * 6, "short_factor": [1.5] * 6})
     return cfg
 
 
 @pytest.mark.parametrize("quantization", SCHEMES_WRITTEN)
 @pytest.mark.parametrize("model_type,tied", [("llama", True), ("llama", False), ("mistral", False),
-                                             ("qwen2", True)])
+                                             ("qwen2", True), ("qwen3", True), ("qwen3", False), ("gemma2", True),
+                                             ("gemma3_text", True), ("phi3", False), ("phi3", True)])
 def test_graph_takes_exactly_the_converters_params(model_type, tied, quantization):
     assert quantization in SCHEMES
     config = get_architecture(model_type).library_config(tiny_hf(model_type, tied))
@@ -58,7 +67,8 @@ def test_llama3_rope_scaling_is_compiled_in():
     assert meta["config"]["rope_scaling"]["factor"] == 8.0
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2", "tiny_qwen3",
+                                     "tiny_gemma2", "tiny_gemma3", "tiny_phi3"])
 def test_library_config_round_trips_through_chat_config(fixture, request, tmp_path):
     from personalize.add import add_source
 

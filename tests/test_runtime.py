@@ -18,7 +18,7 @@ import torch
 
 from personalize.add import add_source
 from personalize.runtime import ArtifactMismatchError, TokenRangeError, load
-from tests.oracles import dequantize_nk, read_tensor_cache
+from tests.oracles import hf_logits, hf_state_from_artifact, read_tensor_cache, rel_err
 from tests.conftest import link_shared_libs
 from tests.tiny_models import add_chatml_tokenizer, make_tiny_model
 
@@ -52,24 +52,8 @@ def artifacts(home, tmp_path_factory):
     return make
 
 
-def hf_logits(model_dir: Path, ids: list[int], state_dict: dict | None = None) -> np.ndarray:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if state_dict is not None:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        assert not unexpected and all("rotary" in m or m == "lm_head.weight" for m in missing), (missing, unexpected)
-        if model.config.tie_word_embeddings:
-            model.tie_weights()
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied", "tiny_mistral", "tiny_qwen2", "tiny_qwen3",
+                                     "tiny_gemma2", "tiny_gemma3", "tiny_phi3"])
 def test_q0f32_logits_match_transformers(fixture, request, artifacts):
     src = request.getfixturevalue(fixture)
     model = load(artifacts(src, "q0f32"))
@@ -80,7 +64,8 @@ def test_q0f32_logits_match_transformers(fixture, request, artifacts):
     assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_gemma2", "tiny_gemma3",
+                                     "tiny_phi3"])
 def test_greedy_tokens_match_transformers(fixture, request, artifacts):
     from transformers import AutoModelForCausalLM
 
@@ -167,38 +152,6 @@ def test_generate_applies_template_and_streams(artifacts, tiny_llama):
 
 
 # --- q4f32_1: the library dequantizes exactly what the converter wrote ---------------------------------
-
-def hf_state_from_artifact(artifact: Path, hf_config: dict) -> dict[str, torch.Tensor]:
-    """Undo fusion and quantization: the HF state dict the library effectively computes with."""
-    h, kv = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
-    d = hf_config.get("head_dim") or hf_config["hidden_size"] // h
-    tensors = read_tensor_cache(artifact)
-    dense: dict[str, np.ndarray] = {}
-    for name, arr in tensors.items():
-        if name.endswith("q_scale"):
-            continue
-        if name.endswith("q_weight"):
-            module = name[: -len(".q_weight")]
-            k = hf_config["hidden_size"] if "down_proj" not in module else hf_config["intermediate_size"]
-            if "o_proj" in module:
-                k = h * d
-            dense[module + ".weight"] = dequantize_nk(arr, tensors[module + ".q_scale"], k).astype(np.float32)
-        else:
-            dense[name] = arr.astype(np.float32)
-    state = {}
-    for name, arr in dense.items():
-        if ".qkv_proj." in name:
-            q, k_, v = np.split(arr, [h * d, h * d + kv * d], axis=0)
-            for part, w in (("q_proj", q), ("k_proj", k_), ("v_proj", v)):
-                state[name.replace("qkv_proj", part)] = torch.from_numpy(np.ascontiguousarray(w))
-        elif ".gate_up_proj." in name:
-            g, u = np.split(arr, 2, axis=0)
-            state[name.replace("gate_up_proj", "gate_proj")] = torch.from_numpy(np.ascontiguousarray(g))
-            state[name.replace("gate_up_proj", "up_proj")] = torch.from_numpy(np.ascontiguousarray(u))
-        else:
-            state[name] = torch.from_numpy(np.ascontiguousarray(arr))
-    return state
-
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_llama_untied"])
 def test_q4f32_logits_match_transformers_on_dequantized_weights(fixture, request, artifacts):

@@ -76,9 +76,110 @@ def test_pushed_repo_id_is_an_alias(served):
     assert headers["x-repo-commit"] == "b" * 40
     assert request(port, "GET", f"/alice/tiny-MLC/resolve/{'b' * 40}/tokenizer.json")[0] == 200
     assert request(port, "GET", "/local/other/resolve/main/tokenizer.json")[0] == 200
-    status, _, body = request(port, "GET", "/")
-    ids = {r["id"] for r in json.loads(body)}
+    status, _, body = request(port, "GET", "/api/models")
+    ids = {r["id"] for r in json.loads(body)["models"]}
     assert ids == {"local/tiny", "local/other", "alice/tiny-MLC"}
+
+
+def test_local_commit_resolves_and_a_readd_moves_it(served, home):
+    """`/local/<name>/resolve/<X-Repo-Commit>/` answers; after the artifact changes, the old commit is 404."""
+    port, art = served
+    status, headers, _ = request(port, "HEAD", "/local/other/resolve/main/tokenizer.json")
+    commit = headers["x-repo-commit"]
+    assert status == 200 and commit == hashlib.sha1((home / "artifacts" / "other" / "personalize.json").read_bytes()).hexdigest()
+    status, headers, body = request(port, "GET", f"/local/other/resolve/{commit}/tokenizer.json")
+    assert status == 200 and headers["x-repo-commit"] == commit
+    assert request(port, "GET", f"/local/other/resolve/{'c' * 40}/tokenizer.json")[0] == 404
+    assert request(port, "GET", f"/local/tiny/resolve/{'b' * 40}/tokenizer.json")[0] == 404  # the alias's commit
+    # `add --force` under the same name: new files, new personalize.json, so a new commit
+    make_fake_artifact(home / "artifacts" / "other", name="other", seed=7)
+    new = request(port, "HEAD", "/local/other/resolve/main/tokenizer.json")[1]["x-repo-commit"]
+    assert new != commit
+    assert request(port, "GET", f"/local/other/resolve/{commit}/params_shard_0.bin")[0] == 404
+    assert request(port, "GET", f"/local/other/resolve/{new}/params_shard_0.bin")[0] == 200
+    models = {m["id"]: m for m in json.loads(request(port, "GET", "/api/models")[2])["models"]}
+    assert models["local/other"]["model_url"] == f"http://127.0.0.1:{port}/local/other/resolve/{new}/"
+    assert models["local/other"]["commit"] == new and new[:12] in models["local/other"]["model_id"]
+
+
+def test_chat_page_and_listing(served):
+    port, _ = served
+    status, headers, body = request(port, "GET", "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"window.personalizeRun" in body and b"/api/models" in body
+    doc = json.loads(request(port, "GET", "/api/models")[2])
+    assert doc["webllm_url"] == "https://esm.run/@mlc-ai/web-llm@0.2.79" and doc["webllm_version"] == "0.2.79"
+    tiny = next(m for m in doc["models"] if m["id"] == "local/tiny")
+    assert tiny["name"] == "tiny" and tiny["model_type"] == "llama" and tiny["quantization"] == "q0f16"
+    assert tiny["required_features"] == ["shader-f16"] and tiny["context_window_size"] == 512
+    assert tiny["model_lib"] is None  # nothing recorded which prebuilt library it runs on
+
+
+def _page_server(home, tmp_path, library):
+    """A server with a fake web-llm package and a prebuilt mirror; `library` goes into personalize.json."""
+    from publish.serve import PageOptions
+
+    art = make_fake_artifact(home / "artifacts" / "tiny", name="tiny")
+    lineage = json.loads((art / "personalize.json").read_text())
+    lineage["prebuilt_library"] = library
+    (art / "personalize.json").write_text(json.dumps(lineage))
+    webllm = tmp_path / "web-llm"
+    (webllm / "lib").mkdir(parents=True)
+    (webllm / "lib" / "index.js").write_text("export const version = 'fake';\n")
+    (webllm / "package.json").write_text('{"version": "0.2.79"}')
+    prebuilt = tmp_path / "prebuilt"
+    (prebuilt / "v0_2_48").mkdir(parents=True)
+    (prebuilt / "v0_2_48" / "Lib-q0f16-ctx4k_cs1k-webgpu.wasm").write_bytes(b"\0asm\1\0\0\0")
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-CONTENT")
+    server = make_server(ArtifactIndex.from_registry(Registry(home)), "127.0.0.1", 0,
+                         page=PageOptions(webllm_dir=webllm, prebuilt_dir=prebuilt))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+NEW_DIR = {"library": "v0_2_86/base/Lib-q0f16_cs1k-webgpu.wasm", "webllm_range": ">=0.2.86 <=0.2.86",
+           "url": "https://example.org/v0_2_86/base/Lib-q0f16_cs1k-webgpu.wasm", "context_window_size": 4096,
+           "required_features": ["shader-f16"]}
+OLD_DIR = {"library": "v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm", "webllm_range": ">=0.2.51 <=0.2.79",
+           "url": "https://example.org/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm"}
+
+
+@pytest.mark.parametrize("library,expect", [
+    # what `add` records: the newest directory first, the others in also_in; web-llm 0.2.79 loads v0_2_48,
+    # which the local mirror has
+    ({**NEW_DIR, "also_in": [OLD_DIR]}, "/prebuilt/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm"),
+    (NEW_DIR, None),  # only in a directory web-llm 0.2.79 cannot load
+    ({"url": "https://example.org/x/Other-webgpu.wasm"}, "https://example.org/x/Other-webgpu.wasm"),
+])
+def test_page_serves_local_webllm_and_prebuilt_mirror(home, tmp_path, library, expect):
+    server = _page_server(home, tmp_path, library)
+    port = server.server_address[1]
+    try:
+        doc = json.loads(request(port, "GET", "/api/models")[2])
+        assert doc["webllm_url"] == "/vendor/web-llm/lib/index.js"
+        (tiny,) = doc["models"]
+        want = expect if expect is None or expect.startswith("https://") else f"http://127.0.0.1:{port}{expect}"
+        assert tiny["model_lib"] == want
+        if expect and "also_in" in library:
+            assert tiny["webllm_range"] == ">=0.2.51 <=0.2.79" and tiny["context_window_size"] == 4096
+            assert tiny["required_features"] == ["shader-f16"]
+        status, headers, body = request(port, "GET", "/vendor/web-llm/lib/index.js")
+        assert status == 200 and headers["content-type"].startswith("text/javascript") and b"fake" in body
+        status, headers, body = request(port, "GET", "/prebuilt/v0_2_48/Lib-q0f16-ctx4k_cs1k-webgpu.wasm")
+        assert status == 200 and headers["content-type"] == "application/wasm" and body == b"\0asm\1\0\0\0"
+        for bad in ["/vendor/web-llm/../secret.txt", "/vendor/web-llm/lib/..%2f..%2fsecret.txt",
+                    "/prebuilt/../secret.txt", "/prebuilt/%2e%2e/secret.txt", "/vendor/web-llm/missing.js"]:
+            status, _, body = request(port, "GET", bad)
+            assert status == 404 and b"SECRET" not in body, bad
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_page_routes_are_404_without_their_directories(served):
+    port, _ = served
+    assert request(port, "GET", "/vendor/web-llm/lib/index.js")[0] == 404
+    assert request(port, "GET", "/prebuilt/v0_2_48/x.wasm")[0] == 404
 
 
 def test_head_has_headers_and_no_body(served):
@@ -181,8 +282,8 @@ def test_partial_dirs_and_vanished_artifacts_are_404_not_a_crash(served, home):
 
     partial = home / "artifacts" / f".tiny2.partial-00000000-{2**22}-1-abc"
     shutil.copytree(art, partial)  # a complete-looking unfinished write
-    status, _, body = request(port, "GET", "/")
-    assert status == 200 and not any("partial" in r["id"] for r in json.loads(body))
+    status, _, body = request(port, "GET", "/api/models")
+    assert status == 200 and not any("partial" in r["id"] for r in json.loads(body)["models"])
     assert request(port, "GET", f"/local/{partial.name}/resolve/main/tokenizer.json")[0] == 404
     # An artifact that disappears between the listing and the read (rm, a replace): 404, the server lives on.
     index = ArtifactIndex(lambda: ["tiny", "gone"], Registry(home).resolve, home)
@@ -192,6 +293,8 @@ def test_partial_dirs_and_vanished_artifacts_are_404_not_a_crash(served, home):
         p2 = server.server_address[1]
         assert request(p2, "GET", "/local/gone/resolve/main/tokenizer.json")[0] == 404
         assert request(p2, "GET", "/local/tiny/resolve/main/tokenizer.json")[0] == 200
+        status, _, body = request(p2, "GET", "/api/models")
+        assert status == 200 and {m["name"] for m in json.loads(body)["models"]} == {"tiny"}  # "gone" left out
     finally:
         server.shutdown()
         server.server_close()
@@ -281,3 +384,13 @@ def test_cli_serve_subprocess(home):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("flag,value,words", [("--webllm", "{tmp}", "not a web-llm package"),
+                                              ("--prebuilt", "{tmp}/nope", "no directory")])
+def test_cli_serve_refuses_bad_page_options(home, tmp_path, flag, value, words):
+    from conftest import run_cli
+
+    code, out, err = run_cli("serve", "--port", "0", flag, value.format(tmp=tmp_path),
+                             env={"PERSONALIZE_HOME": str(home)})
+    assert code == 2 and words in err and "Traceback" not in err

@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
+from catalog import directory_for_webllm, find_by_file, libraries
 from publish import hub as hubmod
 from registry import store
 from publish.share import (ShareError, estimate_vram, parameter_bytes, share_records, system_lib_name,
                             webgpu_wasm_name)
 from tests.conftest import run_cli
 from tests.hub_stub import make_fake_artifact
+from tests.shaped_models import hf_config, write_paper_artifact
 
 LIB_KEY = "0123456789abcdef"  # what make_fake_artifact records
 
 
 # ----------------------------------------------------------------------------- schema checks
+CATALOG_URLS = {lib.url for lib in libraries()}
+
+
 def check_model_record(rec: dict) -> None:
-    """WebLLM's ModelRecord (src/config.ts): required model, model_id, model_lib; typed optionals."""
+    """WebLLM's ModelRecord (src/config.ts): required model, model_id, model_lib; typed optionals.
+    model_lib is always one of MLC's prebuilt libraries (the catalog), never a made-up name."""
     assert isinstance(rec["model"], str) and rec["model"].startswith("http")
     assert isinstance(rec["model_id"], str) and rec["model_id"]
-    assert isinstance(rec["model_lib"], str) and rec["model_lib"].endswith("-webgpu.wasm")
+    assert rec["model_lib"] in CATALOG_URLS
     assert isinstance(rec["vram_required_MB"], (int, float)) and rec["vram_required_MB"] > 0
     assert isinstance(rec["low_resource_required"], bool)
     assert all(isinstance(f, str) for f in rec.get("required_features", []))
-    assert isinstance(rec["overrides"], dict)
-    for key in ("context_window_size", "prefill_chunk_size"):
-        assert isinstance(rec["overrides"][key], int) and rec["overrides"][key] > 0
+    # WebLLM takes the prefill chunk from the library; the context is the one MLC runs the library with
+    assert set(rec["overrides"]) == {"context_window_size"} and isinstance(rec["overrides"]["context_window_size"], int)
     allowed = {"model", "model_id", "model_lib", "overrides", "vram_required_MB", "low_resource_required",
                "buffer_size_required_bytes", "required_features", "model_type", "integrity"}
     assert set(rec) <= allowed
@@ -49,8 +55,13 @@ def check_package_entry(entry: dict) -> None:
 
 
 def check_share_doc(doc: dict) -> None:
-    check_model_record(doc["webllm"]["model_record"])
-    assert doc["webllm"]["app_config"]["model_list"] == [doc["webllm"]["model_record"]]
+    rec = doc["webllm"]["model_record"]
+    if rec is None:
+        assert doc["webllm"]["app_config"] is None and doc["webllm"]["reason"].startswith("no ")
+    else:
+        check_model_record(rec)
+        assert doc["webllm"]["app_config"]["model_list"] == [rec]
+        assert math.isclose(rec["vram_required_MB"], doc["vram"]["total"] / 2**20, abs_tol=0.01)
     for device in ("iphone", "android"):
         cfg = doc["mlc_package_config"][device]
         assert cfg["device"] == device and len(cfg["model_list"]) == 1
@@ -60,7 +71,6 @@ def check_share_doc(doc: dict) -> None:
     v = doc["vram"]
     assert v["total"] == v["parameters"] + v["kv_cache"] + v["activations"]
     assert doc["mlc_package_config"]["iphone"]["model_list"][0]["estimated_vram_bytes"] == v["total"]
-    assert math.isclose(doc["webllm"]["model_record"]["vram_required_MB"], v["total"] / 2**20, abs_tol=0.01)
 
 
 # ----------------------------------------------------------------------------- VRAM
@@ -120,26 +130,25 @@ def test_names_follow_mlc_conventions():
 
 
 # ----------------------------------------------------------------------------- records
-def test_hub_records(tmp_path):
+def test_hub_records_without_a_prebuilt_library(tmp_path):
+    """A tiny model fits none of MLC's libraries: no WebLLM record, and the reason instead of a made-up name."""
     art = make_fake_artifact(tmp_path / "tiny", name="tiny")
     doc = share_records(art, name="tiny", repo_id="alice/tiny-MLC")
     check_share_doc(doc)
-    rec = doc["webllm"]["model_record"]
-    assert rec["model"] == "https://huggingface.co/alice/tiny-MLC" and rec["model_id"] == "tiny-MLC"
-    assert rec["required_features"] == ["shader-f16"]
-    assert rec["model_lib"].endswith("/TinyLlama-Chat-q0f16_cs128-webgpu.wasm")  # the source model's library
-    assert rec["overrides"] == {"context_window_size": 512, "prefill_chunk_size": 128}
+    assert doc["webllm"]["model_record"] is None
+    assert doc["webllm"]["reason"].startswith("no MLC prebuilt WebGPU library for llama with hidden 64")
+    assert any(n.startswith("WebLLM: no MLC prebuilt") for n in doc["notes"])
     entry = doc["mlc_package_config"]["iphone"]["model_list"][0]
     assert entry == {"model": "HF://alice/tiny-MLC", "model_id": "tiny-MLC",
                      "estimated_vram_bytes": doc["vram"]["total"], "model_lib": f"llama_q0f16_{LIB_KEY}",
-                     "bundle_weight": False, "overrides": rec["overrides"]}
-    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", "HF://alice/tiny-MLC"]  # no library built: JIT
-    assert any("compiles one on first run" in n for n in doc["notes"])
+                     "bundle_weight": False, "overrides": {"context_window_size": 512, "prefill_chunk_size": 128}}
+    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", "HF://alice/tiny-MLC"]  # MLC's runtime finds its library
+    assert any("compiles (or finds in its cache)" in n for n in doc["notes"])
 
 
 def test_branch_and_other_endpoint(tmp_path):
-    art = make_fake_artifact(tmp_path / "tiny", quantization="q0f32")
-    doc = share_records(art, name="tiny", repo_id="alice/t", revision="dev", endpoint="http://mirror.local")
+    art = write_paper_artifact(tmp_path / "qwen", hf_config("Qwen2-0.5B-Instruct"), "q4f32_1")
+    doc = share_records(art, name="qwen", repo_id="alice/t", revision="dev", endpoint="http://mirror.local")
     check_share_doc(doc)
     rec = doc["webllm"]["model_record"]
     assert rec["model"] == "http://mirror.local/alice/t/resolve/dev/"  # WebLLM keeps an explicit /resolve/<rev>/
@@ -147,19 +156,48 @@ def test_branch_and_other_endpoint(tmp_path):
     assert any("main branch" in n for n in doc["notes"]) and any("mirror.local" in n for n in doc["notes"])
 
 
-def test_local_records_and_compiled_library(tmp_path):
+def test_local_urls_are_pinned_to_the_artifact_content(tmp_path):
+    """`share --local` names /local/<name>/resolve/<X-Repo-Commit>/: a re-added artifact gets a new URL, so
+    WebLLM (which caches by URL and never revalidates) cannot serve the old files."""
+    import hashlib
+
     art = make_fake_artifact(tmp_path / "tiny", name="tiny")
-    libs = tmp_path / "libs"
-    (libs / LIB_KEY).mkdir(parents=True)
-    lib = libs / LIB_KEY / f"llama_q0f16_{LIB_KEY}-llvm.so"
-    lib.write_bytes(b"\x7fELF")
-    doc = share_records(art, name="tiny", local_url="http://127.0.0.1:9999", libs_dir=libs)
+    doc = share_records(art, name="tiny", local_url="http://127.0.0.1:9999")
     check_share_doc(doc)
-    assert doc["webllm"]["model_record"]["model"] == "http://127.0.0.1:9999/local/tiny"
-    assert doc["webllm"]["model_record"]["model_lib"].startswith("http://127.0.0.1:9999/libs/")
+    rev = hashlib.sha1((art / "personalize.json").read_bytes()).hexdigest()  # what serve sends as X-Repo-Commit
+    assert doc["model_url"] == f"http://127.0.0.1:9999/local/tiny/resolve/{rev}/" and doc["revision"] == rev
     entry = doc["mlc_package_config"]["android"]["model_list"][0]
     assert entry["model"] == str(art) and entry["bundle_weight"] is True
-    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", str(art), "--model-lib", str(lib)]
+    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", str(art)]
+    lineage = json.loads((art / "personalize.json").read_text())
+    (art / "personalize.json").write_text(json.dumps(dict(lineage, created="2026-02-02T00:00:00+00:00")))
+    assert share_records(art, name="tiny", local_url="http://127.0.0.1:9999")["revision"] != rev
+
+
+def test_model_lib_the_user_passes(tmp_path):
+    """--model-lib: an MLC library (checked to be one, of this model_type and quantization) for mlc_llm and
+    the apps; a static .tar also gives `mlc_llm package` its system-lib prefix and path."""
+    import io
+    import tarfile
+
+    art = make_fake_artifact(tmp_path / "tiny", name="tiny")
+    meta = {"model_type": "llama", "quantization": "q0f16", "context_window_size": 512, "prefill_chunk_size": 128,
+            "params": []}
+    blob = b"\x00_mytiny_q0f16___tvm_ffi__library_bin\x00" + json.dumps(meta).encode() + b"\x00"
+    tar = tmp_path / "mytiny.tar"
+    with tarfile.open(tar, "w") as t:
+        info = tarfile.TarInfo("lib0.o")
+        info.size = len(blob)
+        t.addfile(info, io.BytesIO(blob))
+    doc = share_records(art, name="tiny", repo_id="alice/tiny", model_lib=str(tar))
+    check_share_doc(doc)
+    assert doc["mlc_llm"]["argv"] == ["mlc_llm", "chat", "HF://alice/tiny", "--model-lib", str(tar)]
+    android = doc["mlc_package_config"]["android"]
+    assert android["model_list"][0]["model_lib"] == "mytiny_q0f16"
+    assert android["model_lib_path_for_prepare_libs"] == {"mytiny_q0f16": str(tar)}
+    wasm = Path(__file__).parent / "data" / "prebuilt" / "v0_2_48" / "Qwen2-0.5B-Instruct-q0f32-ctx4k_cs1k-webgpu.wasm"
+    with pytest.raises(ShareError, match="qwen2 q0f32 library"):
+        share_records(art, name="tiny", repo_id="alice/tiny", model_lib=str(wasm))
 
 
 def test_not_pushed_and_no_repo_is_an_error(tmp_path):
@@ -167,6 +205,59 @@ def test_not_pushed_and_no_repo_is_an_error(tmp_path):
     with pytest.raises(ShareError, match="has not been pushed") as info:
         share_records(art, name="tiny")
     assert "personalize push" in info.value.hint
+
+
+# ----------------------------------------------------------------------------- done-when: MLC's libraries
+@pytest.mark.parametrize("base,quant", [("Qwen2-0.5B-Instruct", "q4f32_1"), ("Llama-3.2-1B-Instruct", "q4f16_1"),
+                                        ("SmolLM2-135M-Instruct", "q0f16")])
+def test_share_names_mlcs_library_with_its_context_and_vram(home, base, quant):
+    """A fine-tune of each base: share --json names MLC's prebuilt library from the catalog, overrides the
+    context to the one MLC runs it with (4096), and estimates VRAM within 10% of MLC's own number."""
+    name = f"ft-{quant}"
+    write_paper_artifact(home / "artifacts" / name, hf_config(base), quant)
+    code, out, err = run_cli("share", name, "--repo", "me/ft", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    check_share_doc(doc)
+    rec = doc["webllm"]["model_record"]
+    (lib,) = [x for x in find_by_file(rec["model_lib"]) if x.url == rec["model_lib"]]
+    assert lib.base_model == base and lib.quantization == quant and lib.directory == "v0_2_86/base"
+    assert rec["overrides"] == {"context_window_size": 4096}
+    assert abs(rec["vram_required_MB"] / lib.vram_required_MB - 1) < 0.10, (rec["vram_required_MB"], lib.vram_required_MB)
+    assert doc["webllm"]["webllm_versions"] == ">=0.2.86 <=0.2.86"
+    assert ("shader-f16" in rec.get("required_features", [])) == quant.endswith(("f16", "f16_1"))
+    code, out, _ = run_cli("share", name, "--repo", "me/ft", "--json", "--webllm-version", "0.2.79")
+    old = json.loads(out)["webllm"]["model_record"]["model_lib"]
+    assert "/web-llm-models/v0_2_48/" in old and directory_for_webllm("0.2.79") == "v0_2_48"
+
+
+def test_share_of_the_real_smollm2(home, smollm2_dir):
+    """The real SmolLM2-135M-Instruct (transformers 5 config: rope_parameters, eps stored as float32) added
+    by `personalize add`: its own config finds MLC's q0f16 library; the VRAM estimate is within 10%."""
+    code, out, err = run_cli("add", str(smollm2_dir), "-q", "q0f16", "--no-eval", "--name", "smol", "--json")
+    assert code == 0, err
+    assert json.loads(out)["prebuilt_library"]["base_model"] == "SmolLM2-135M-Instruct"
+    code, out, err = run_cli("share", "smol", "--repo", "me/smol-q0f16-MLC", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    check_share_doc(doc)
+    rec = doc["webllm"]["model_record"]
+    assert rec["model_lib"].endswith("/v0_2_86/base/SmolLM2-135M-Instruct-q0f16_cs1k-webgpu.wasm")
+    assert rec["overrides"] == {"context_window_size": 4096} and rec["required_features"] == ["shader-f16"]
+    (lib,) = [x for x in libraries() if x.url == rec["model_lib"]]
+    assert abs(rec["vram_required_MB"] / lib.vram_required_MB - 1) < 0.10
+
+
+def test_smollm2_135m_q4_has_no_webllm_library(home):
+    write_paper_artifact(home / "artifacts" / "smol-q4", hf_config("SmolLM2-135M-Instruct"), "q4f16_1")
+    code, out, err = run_cli("share", "smol-q4", "--repo", "me/smol", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    check_share_doc(doc)
+    assert doc["webllm"]["model_record"] is None
+    assert "--quantization q0f16" in doc["webllm"]["reason"]
+    code, out, _ = run_cli("share", "smol-q4", "--repo", "me/smol")
+    assert code == 0 and "# none: no MLC prebuilt WebGPU library for SmolLM2-135M-Instruct in q4f16_1" in out
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -185,7 +276,7 @@ def test_cli_share_uses_the_recorded_push(home):
     code, out, _ = run_cli("share", "tiny", "--repo", "bob/other", "--json")
     assert code == 0 and json.loads(out)["repo_id"] == "bob/other"
     code, out, _ = run_cli("share", "tiny", "--local", "--port", "8800", "--json")
-    assert code == 0 and json.loads(out)["model_url"] == "http://127.0.0.1:8800/local/tiny"
+    assert code == 0 and json.loads(out)["model_url"].startswith("http://127.0.0.1:8800/local/tiny/resolve/")
     code, out, _ = run_cli("share", "tiny")
     assert code == 0 and "mlc_llm chat HF://acme/tiny-MLC" in out and '"model_id": "tiny-MLC"' in out
     code, _, err = run_cli("share", "tiny", "--repo", "no-slash")

@@ -1,7 +1,8 @@
-"""One definition per architecture: config -> compiled-in config, parameter list, name mapping.
+"""One definition per architecture: config -> compiled-in config, layout, parameter list, name mapping.
 
 The converter (quantize/, via `source_params`) and the compiler (personalize.library, via
-`LibraryConfig`) both derive from this, so the artifact and the library cannot drift apart.
+`layout`) both derive from the one `DecoderLayout` an architecture returns, so the artifact and the
+library cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from personalize_errors import UserError
 from quantize.spec import SourceParam
+
+from .decoder import decoder_params
+from .layout import DecoderLayout, RopeLayout
 
 
 class ArchitectureError(UserError):
@@ -94,9 +98,15 @@ def require(hf: dict[str, Any], keys: list[str], path: str) -> None:
         )
 
 
+def compiled_subset(mc: dict[str, Any], runtime_only: tuple[str, ...]) -> dict[str, Any]:
+    """The model_config fields baked into a library: all but those that only size the runtime."""
+    return {k: v for k, v in mc.items() if k not in runtime_only}
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """Base class: subclasses define `library_config` and `source_params`."""
+    """Base class: subclasses define `library_config` (MLC's model_config, in MLC's field order)
+    and `layout` (the decoder the library computes); the parameter list follows from the layout."""
 
     model_type: str
     hf_architectures: tuple[str, ...] = field(default=())
@@ -104,10 +114,35 @@ class Architecture:
     def library_config(self, hf: dict[str, Any], path: str = "config.json") -> LibraryConfig:
         raise NotImplementedError
 
-    def source_params(self, config: LibraryConfig) -> list[SourceParam]:
+    def layout(self, config: LibraryConfig) -> DecoderLayout:
         raise NotImplementedError
+
+    def source_params(self, config: LibraryConfig) -> list[SourceParam]:
+        return decoder_params(self.layout(config))
+
+    def hf_view(self, model_config: dict[str, Any]) -> dict[str, Any]:
+        """An mlc-chat-config `model_config` in the config.json vocabulary `library_config` reads
+        (to re-derive and validate the LibraryConfig of an artifact)."""
+        hf = dict(model_config)
+        hf["model_type"] = self.model_type
+        if model_config.get("context_window_size", -1) not in (None, -1):
+            hf["max_position_embeddings"] = model_config["context_window_size"]
+        return hf
 
     def unused_hf_names(self, config: LibraryConfig) -> set[str]:
         """HF tensors that are known and deliberately not used (not warned about)."""
-        n = config.model_config["num_hidden_layers"]
+        n = self.layout(config).layers
         return {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(n)}
+
+
+def standard_layout(config: LibraryConfig, theta_key: str, **layout: Any) -> DecoderLayout:
+    """A DecoderLayout from the model_config fields every llama-like config spells the same way;
+    `theta_key` names the RoPE base field (position_embedding_base or rope_theta), `layout`
+    sets the architecture's own choices."""
+    c = config.model_config
+    layout.setdefault("rope", RopeLayout(c[theta_key], c.get("rope_scaling") or None))
+    layout.setdefault("embed_vocab_symbolic", config.symbolic_vocab)
+    layout.setdefault("head_vocab_symbolic", config.symbolic_vocab)
+    return DecoderLayout(hidden=c["hidden_size"], intermediate=c["intermediate_size"], layers=c["num_hidden_layers"],
+                         heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"], head_dim=c["head_dim"],
+                         norm_eps=c["rms_norm_eps"], vocab=c["vocab_size"], **layout)

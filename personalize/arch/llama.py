@@ -1,13 +1,21 @@
-"""Llama (2, 3, 3.x with llama3 rope scaling, SmolLM2, TinyLlama) and the shared decoder layout."""
+"""Llama (2, 3, 3.x with llama3 rope scaling, SmolLM2, TinyLlama)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from quantize.spec import SourceParam
-
-from .base import Architecture, ArchitectureError, LibraryConfig, context_window, require, rope_from_hf
+from .base import (
+    Architecture,
+    ArchitectureError,
+    LibraryConfig,
+    compiled_subset,
+    context_window,
+    require,
+    rope_from_hf,
+    standard_layout,
+)
+from .layout import DecoderLayout
 
 COMMON_KEYS = ["hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size"]
 
@@ -19,41 +27,6 @@ def heads(hf: dict[str, Any]) -> tuple[int, int, int]:
     if h % kv:
         raise ArchitectureError(f"num_attention_heads {h} is not a multiple of num_key_value_heads {kv}")
     return h, kv, hd
-
-
-def decoder_params(config: LibraryConfig, qkv: str, qkv_bias: bool, lm_head: bool) -> list[SourceParam]:
-    """The llama-family parameter list, in the library's (module definition) order."""
-    c = config.model_config
-    hidden, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    h, kv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-    vocab = c["vocab_size"]
-    vdim = "vocab_size" if config.symbolic_vocab else vocab
-    out: list[SourceParam] = [
-        SourceParam("model.embed_tokens.weight", (vocab, hidden), ("model.embed_tokens.weight",),
-                    "embedding", (vdim, hidden)),
-    ]
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        a = f"{p}.self_attn"
-        out.append(SourceParam(f"{a}.{qkv}.weight", ((h + 2 * kv) * hd, hidden),
-                               (f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"), "linear",
-                               source_rows=(h * hd, kv * hd, kv * hd)))
-        if qkv_bias:
-            out.append(SourceParam(f"{a}.{qkv}.bias", ((h + 2 * kv) * hd,),
-                                   (f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"), "bias",
-                                   source_rows=(h * hd, kv * hd, kv * hd)))
-        out.append(SourceParam(f"{a}.o_proj.weight", (hidden, h * hd), (f"{a}.o_proj.weight",), "linear"))
-        out.append(SourceParam(f"{p}.mlp.gate_up_proj.weight", (2 * inter, hidden),
-                               (f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"), "linear",
-                               source_rows=(inter, inter)))
-        out.append(SourceParam(f"{p}.mlp.down_proj.weight", (hidden, inter), (f"{p}.mlp.down_proj.weight",), "linear"))
-        out.append(SourceParam(f"{p}.input_layernorm.weight", (hidden,), (f"{p}.input_layernorm.weight",), "norm"))
-        out.append(SourceParam(f"{p}.post_attention_layernorm.weight", (hidden,),
-                               (f"{p}.post_attention_layernorm.weight",), "norm"))
-    out.append(SourceParam("model.norm.weight", (hidden,), ("model.norm.weight",), "norm"))
-    if lm_head:
-        out.append(SourceParam("lm_head.weight", (vocab, hidden), ("lm_head.weight",), "lm_head", (vdim, hidden)))
-    return out
 
 
 @dataclass(frozen=True)
@@ -93,11 +66,15 @@ class Llama(Architecture):
             "max_batch_size": 1,
             "disaggregation": False,
         }
-        compiled = {k: mc[k] for k in mc if k not in ("vocab_size", "tensor_parallel_shards",
-                                                      "pipeline_parallel_stages", "max_batch_size",
-                                                      "disaggregation")}
+        compiled = compiled_subset(mc, ("vocab_size", "tensor_parallel_shards", "pipeline_parallel_stages",
+                                        "max_batch_size", "disaggregation"))
         return LibraryConfig("llama", mc, compiled, symbolic_vocab=True)
 
-    def source_params(self, config: LibraryConfig) -> list[SourceParam]:
-        return decoder_params(config, "qkv_proj", qkv_bias=False,
-                              lm_head=not config.model_config["tie_word_embeddings"])
+    def layout(self, config: LibraryConfig) -> DecoderLayout:
+        tied = config.model_config["tie_word_embeddings"]
+        return standard_layout(config, "position_embedding_base", head="tied" if tied else "own")
+
+    def hf_view(self, model_config: dict[str, Any]) -> dict[str, Any]:
+        hf = super().hf_view(model_config)
+        hf["rope_theta"] = model_config["position_embedding_base"]
+        return hf

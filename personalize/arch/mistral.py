@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quantize.spec import SourceParam
-
-from .base import Architecture, ArchitectureError, LibraryConfig, context_window, require, rope_from_hf
-from .llama import COMMON_KEYS, decoder_params, heads
+from .base import (
+    Architecture,
+    ArchitectureError,
+    LibraryConfig,
+    compiled_subset,
+    context_window,
+    require,
+    rope_from_hf,
+    standard_layout,
+)
+from .layout import DecoderLayout
+from .llama import COMMON_KEYS, heads
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,15 @@ class Mistral(Architecture):
             "tensor_parallel_shards": 1,
             "max_batch_size": 1,
         }
-        compiled = {k: mc[k] for k in mc if k not in ("vocab_size", "tensor_parallel_shards", "max_batch_size")}
+        compiled = compiled_subset(mc, ("vocab_size", "tensor_parallel_shards", "max_batch_size"))
         return LibraryConfig("mistral", mc, compiled, symbolic_vocab=True)
 
-    def source_params(self, config: LibraryConfig) -> list[SourceParam]:
-        return decoder_params(config, "qkv_proj", qkv_bias=False, lm_head=True)
+    def layout(self, config: LibraryConfig) -> DecoderLayout:
+        return standard_layout(config, "position_embedding_base", head="own")  # MLC's mistral always has lm_head
+
+    def hf_view(self, model_config: dict[str, Any]) -> dict[str, Any]:
+        hf = super().hf_view(model_config)
+        hf["rope_theta"] = model_config["position_embedding_base"]
+        sliding = model_config.get("sliding_window_size")
+        hf["sliding_window"] = None if sliding in (None, -1) else sliding
+        return hf

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from quantize.spec import SourceParam
-
-from .base import Architecture, ArchitectureError, LibraryConfig, context_window, require, rope_from_hf
-from .llama import COMMON_KEYS, decoder_params, heads
+from .base import (
+    Architecture,
+    ArchitectureError,
+    LibraryConfig,
+    compiled_subset,
+    context_window,
+    require,
+    rope_from_hf,
+    standard_layout,
+)
+from .layout import DecoderLayout
+from .llama import COMMON_KEYS, heads
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,9 @@ class Qwen2(Architecture):
         }
         if mc["hidden_act"] != "silu":
             raise ArchitectureError(f"qwen2 with hidden_act={mc['hidden_act']} is not supported", path=path)
-        compiled = {k: mc[k] for k in mc if k not in ("tensor_parallel_shards", "max_batch_size", "dtype")}
+        compiled = compiled_subset(mc, ("tensor_parallel_shards", "max_batch_size", "dtype"))
         return LibraryConfig("qwen2", mc, compiled, symbolic_vocab=False)
 
-    def source_params(self, config: LibraryConfig) -> list[SourceParam]:
-        return decoder_params(config, "c_attn", qkv_bias=True,
-                              lm_head=not config.model_config["tie_word_embeddings"])
+    def layout(self, config: LibraryConfig) -> DecoderLayout:
+        tied = config.model_config["tie_word_embeddings"]
+        return standard_layout(config, "rope_theta", qkv="c_attn", qkv_bias=True, head="tied" if tied else "own")

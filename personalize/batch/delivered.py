@@ -1,7 +1,7 @@
 """The delivered log: $PERSONALIZE_HOME/batch-log.jsonl, one JSON object per line, append-only.
 
 Every line names a delivery key, sha256 of (base content hash, source content hash, quantization,
-options), and an event:
+options), the artifact `name`, and an event (a variant is done when its (key, name) was delivered):
   started    a job was handed to a worker (name it will write)
   delivered  converted, verified and gated (or gate off): the artifact is in the registry under `name`
   pushed     pushed to `push.repo_id` and checked there (only ever after `delivered`)
@@ -76,10 +76,11 @@ class DeliveredLog:
                 out.append(doc)
         return out
 
-    def states(self) -> dict[str, KeyState]:
-        states: dict[str, KeyState] = {}
+    def states(self) -> dict[tuple[str, str], KeyState]:
+        """(key, name) -> state: the same content delivered under two names is two artifacts."""
+        states: dict[tuple[str, str], KeyState] = {}
         for rec in self.records():
-            st = states.setdefault(rec["key"], KeyState())
+            st = states.setdefault((rec["key"], rec.get("name")), KeyState())
             event = rec["event"]
             if event == "started":
                 st.status, st.name = "started", rec.get("name")

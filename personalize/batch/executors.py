@@ -6,13 +6,16 @@ worker that dies (OOM killer, SIGKILL) breaks a ProcessPoolExecutor: the jobs it
 run again on a fresh pool, the job it was running is reported failed after a second death.
 
 Ray: the same function as a task (one CPU and the estimated memory each); the results come back as
-they finish. The artifact is written by the worker into the registry it is given, so the parent's
-registry must be on a disk the workers share (a one-machine cluster, NFS); `RayExecutor` checks that
-first and refuses a cluster that cannot see it (see README "Many variants" for the no-shared-disk plan).
+they finish. Where the workers see the parent's registry (a one-machine cluster, NFS; probed with a
+marker file) they write the artifact there. Where they do not, each job converts into a private
+registry on its worker and returns the artifact's files; the parent writes them into its registry
+(staged and renamed, then verified). The sources and the base must then be readable by the workers at
+the same paths (or be hf:// ids); such a job reads the whole base (no base artifact to copy from).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue as _queue
 import threading
@@ -163,12 +166,13 @@ def _sees_file(path: str, token: str) -> bool:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None, workers: int, per_worker_bytes: int, home: Path):
+    def __init__(self, address: str | None, workers: int, per_worker_bytes: int, home: Path, transfer: bool = False):
         self.address = address  # None or "local": start a local cluster in this process
         self.workers = max(1, int(workers))
         self.per_worker_bytes = per_worker_bytes
         self.home = Path(home)
         self.started_here = False
+        self.transfer = transfer
 
     def describe(self) -> str:
         where = "a local cluster" if self.address in (None, "local") else self.address
@@ -184,8 +188,11 @@ class RayExecutor:
             env = {"OMP_WAIT_POLICY": "PASSIVE",
                    "PYTHONPATH": os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)}
             if self.address in (None, "local"):
+                # The local cluster's workers inherit this environment: no runtime_env (setting one up
+                # costs a runtime-env agent round trip per worker).
+                os.environ.update(env)
                 ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": env}, _node_ip_address="127.0.0.1")
+                         _node_ip_address="127.0.0.1")
                 self.started_here = True
             else:
                 ray.init(address=self.address, log_to_driver=False, runtime_env={"env_vars": env})
@@ -194,7 +201,9 @@ class RayExecutor:
     def run(self, jobs: list[Job], on_event: EventFn, on_result: Callable[[JobResult], None]) -> None:
         ray = self._connect()
         try:
-            self._check_shared_disk(ray)
+            if self.transfer or not self._shares_disk(ray):
+                self.transfer = True
+                jobs = [dataclasses.replace(job, transfer=True) for job in jobs]
             task = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
             if not self.started_here:  # a real cluster schedules by memory as well as by CPU
                 task = task.options(memory=self.per_worker_bytes)
@@ -218,15 +227,12 @@ class RayExecutor:
             if self.started_here:
                 ray.shutdown()
 
-    def _check_shared_disk(self, ray) -> None:
-        """Workers write into the parent's registry: refuse a cluster whose workers cannot see it."""
+    def _shares_disk(self, ray) -> bool:
+        """Whether a worker sees the parent's registry (then it writes there directly)."""
         token = os.urandom(8).hex()
         marker = self.home / f".batch-probe-{token}"
         marker.write_text(token)
         try:
-            if not ray.get(ray.remote(num_cpus=0)(_sees_file).remote(str(marker), token)):
-                raise BatchError(f"the Ray workers cannot see the registry {self.home}", path=self.home,
-                                 hint="put PERSONALIZE_HOME on a disk the cluster shares (NFS), or run "
-                                      "without --ray")
+            return bool(ray.get(ray.remote(num_cpus=0)(_sees_file).remote(str(marker), token)))
         finally:
             marker.unlink(missing_ok=True)

@@ -35,6 +35,9 @@ class Job:
     conv_template: str | None = None
     force: bool = False
     force_base: bool = False
+    # No shared disk (a Ray cluster whose workers cannot see `home`): convert into a private registry on
+    # the worker and return the artifact's files; the parent writes them into its registry and verifies.
+    transfer: bool = False
     # The library catalog's answer for this base and quantization, resolved once by the parent
     # (personalize/batch/base.py consult_catalog); handed to the add pipeline when it takes one.
     prebuilt: dict | None = None
@@ -55,12 +58,35 @@ class JobResult:
     timings: dict = field(default_factory=dict)
     reused_params: int | None = None
     worker: str = ""
+    files: dict[str, bytes] | None = None  # transfer jobs: the artifact, relative path -> bytes
 
     def to_json(self) -> dict:
-        return asdict(self)
+        doc = asdict(self)
+        doc.pop("files", None)
+        return doc
 
 
 def run_job(job: Job, events: EventFn | None = None) -> JobResult:
+    if not job.transfer:
+        return _run(job, events)
+    import dataclasses
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="personalize-batch-")
+    try:
+        result = _run(dataclasses.replace(job, home=private, mode="convert"), events)
+        if result.ok:
+            root = Path(result.path)
+            result.files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+                            if p.is_file()}
+            result.path = None
+        return result
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _run(job: Job, events: EventFn | None = None) -> JobResult:
     os.environ["PERSONALIZE_HOME"] = job.home  # the library cache and the runtime read the default registry
     from personalize_errors import UserError
     from registry.store import Registry
@@ -152,3 +178,24 @@ def _lineage(path: Path) -> dict:
     from artifacts import Artifact
 
     return Artifact(path).lineage
+
+
+def materialize(result: JobResult, registry, overwrite: bool = False) -> None:
+    """A transfer job's files, written into `registry` under its name (staged, renamed) and verified here."""
+    from personalize_errors import UserError
+    from registry.store import staged_directory
+
+    destination = registry.path(result.name)
+    try:
+        with staged_directory(destination, overwrite, home=registry.home) as tmp:
+            for rel, data in (result.files or {}).items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            _verify(tmp)
+    except UserError as exc:
+        result.ok, result.stage, result.error = False, "transfer", exc.one_line()
+        return
+    finally:
+        result.files = None
+    result.path = str(destination)

@@ -28,11 +28,12 @@ def write_app_files(outcomes: list, registry: Registry, out_dir: Path, *, device
         repo = repo or pushed.get("repo_id")
         if repo:
             doc = share_records(Path(o.path), name=o.name, repo_id=repo, revision=pushed.get("revision") or "main",
-                                endpoint=pushed.get("endpoint") or DEFAULT_ENDPOINT, libs_dir=registry.libs_dir)
+                                endpoint=pushed.get("endpoint") or DEFAULT_ENDPOINT)
         else:
-            doc = share_records(Path(o.path), name=o.name, local_url=LOCAL_URL, libs_dir=registry.libs_dir)
+            doc = share_records(Path(o.path), name=o.name, local_url=LOCAL_URL)
         records.append(doc)
-    app_config = {"model_list": [d["webllm"]["model_record"] for d in records]}
+    # A variant that fits none of MLC's prebuilt WebGPU libraries has no WebLLM record (share says why).
+    app_config = {"model_list": [d["webllm"]["model_record"] for d in records if d["webllm"]["model_record"]]}
     package = {"device": device,
                "model_list": [d["mlc_package_config"].get(device, d["mlc_package_config"]["iphone"])["model_list"][0]
                               for d in records]}
@@ -41,7 +42,9 @@ def write_app_files(outcomes: list, registry: Registry, out_dir: Path, *, device
     _write_json(paths["app_config"], app_config)
     _write_json(paths["mlc_package_config"], package)
     libs = sorted({d["model_lib"] for d in records})
-    return {**{k: str(v) for k, v in paths.items()}, "variants": len(records), "model_libs": libs}
+    no_webllm = {d["name"]: d["webllm"]["reason"] for d in records if not d["webllm"]["model_record"]}
+    return {**{k: str(v) for k, v in paths.items()}, "variants": len(records), "model_libs": libs,
+            "not_in_app_config": no_webllm}
 
 
 def _write_json(path: Path, doc: dict) -> None:

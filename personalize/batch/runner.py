@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.store import Registry, record_push
+from registry.store import Registry, pause_point, record_push
 
 from .base import PreparedBase, prepare_base
 from .content import source_content_sha256
@@ -25,6 +26,7 @@ from .jobs import Job, JobResult
 from .manifest import Manifest, Variant, read_manifest
 
 PUSH_THREADS = 2
+FINAL = ("delivered", "skipped", "failed", "interrupted")
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Outcome:
     def to_json(self) -> dict:
         ev = self.eval or {}
         return {"name": self.name, "source": self.source, "quantization": self.quantization, "key": self.key,
-                "status": self.status if self.ok or self.status != "delivered" else "failed",
+                "status": "failed" if self.status in ("delivered", "skipped") and not self.ok else self.status,
                 "stage": self.stage, "error": self.error, "path": self.path, "size_bytes": self.size_bytes,
                 "gate": {"mean_kl": ev.get("mean_kl"), "top1_agreement": ev.get("top1_agreement")} if ev else None,
                 "seconds": self.seconds, "push": self.push}
@@ -98,7 +100,9 @@ class NullDisplay:
 
 def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: bool = False,
               ray_address: str | None = None, out_dir: Path | None = None, display=None,
-              registry: Registry | None = None) -> BatchReport:
+              registry: Registry | None = None, transfer: bool = False) -> BatchReport:
+    """Deliver every variant of the manifest (see the module doc). `transfer`: Ray workers return the
+    artifacts as files instead of writing into the registry (forced; otherwise only without a shared disk)."""
     t0 = time.perf_counter()
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     display = display or NullDisplay()
@@ -115,7 +119,7 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
     per_worker = estimate_worker_bytes(base_bytes, evaluate=bool(gate_quants))
     workers, note = memory_capped_jobs(jobs, per_worker)
     workers = min(workers, max(1, len(job_list)))
-    executor = (RayExecutor(ray_address, workers, per_worker, registry.home) if ray
+    executor = (RayExecutor(ray_address, workers, per_worker, registry.home, transfer=transfer) if ray
                 else ProcessExecutor(workers))
     report = BatchReport(str(manifest.path), executor.describe(), note, base, outcomes, log=str(log.path))
     by_index = {o.index: o for o in outcomes}
@@ -126,7 +130,8 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
 
     def push_later(outcome: Outcome) -> None:
         if outcome.push_repo:
-            push_futures.append(pushes.submit(_push, outcome, registry, log, states.get(outcome.key), display))
+            push_futures.append(pushes.submit(_push, outcome, registry, log, states.get((outcome.key, outcome.name)),
+                                              display))
         else:
             display.finished(outcome)
 
@@ -136,18 +141,31 @@ def run_batch(manifest: Manifest | str | Path, *, jobs: int | None = None, ray: 
 
     def on_event(index: int, kind: str, value: Any) -> None:
         o = by_index[index]
-        if kind == "stage":
-            o.status = "running"
-            o.stage = None if value == "start" else value
+        with status_lock:
+            if o.status in FINAL:
+                return  # the worker's progress queue may trail its result
+            if kind == "stage":
+                o.status = "running"
+                o.stage = None if value == "start" else value
         display.event(o, kind, value)
+
+    delivered = [0]
+    status_lock = threading.Lock()
 
     def on_result(result: JobResult) -> None:
         o = by_index[result.index]
-        _apply(o, result)
+        if result.files is not None:  # a worker without the registry's disk sent the artifact back
+            from .jobs import materialize
+
+            materialize(result, registry, overwrite=manifest.force or o.mode == "adopt")
+        with status_lock:
+            _apply(o, result)
         if result.ok:
             log.append("delivered", o.key, name=o.name, path=o.path, size_bytes=o.size_bytes, eval=o.eval,
                        seconds=o.seconds, source=o.source, quantization=o.quantization,
                        reused_params=result.reused_params, worker=result.worker)
+            delivered[0] += 1
+            pause_point(f"batch-delivered-{delivered[0]}")  # tests only: kill the batch at a known point
             push_later(o)
         else:
             log.append("failed", o.key, name=o.name, stage=o.stage, error=o.error, source=o.source,
@@ -191,7 +209,7 @@ def plan(manifest: Manifest, base: PreparedBase, registry: Registry, log: Delive
         push = v.push.format(name=name, quantization=v.quantization, source=Path(local).name) if v.push else None
         o = Outcome(index, name, v.source, v.quantization, key, push_repo=push, private=v.private)
         outcomes.append(o)
-        st = states.get(key, KeyState())
+        st = states.get((key, name), KeyState())
         exists = (registry.path(name) / "personalize.json").is_file()
         if st.status == "delivered" and st.name == name and exists and (st.last.get("eval") or not v.evaluate):
             o.status, o.path = "skipped", str(registry.path(name))

@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app` (or adds a sub-typer) when imported.
-from . import convert, evaluate, library, publish, run  # noqa: E402,F401
+from . import check, convert, evaluate, library, publish, run  # noqa: E402,F401
 from . import batch  # noqa: E402,F401
 
 

@@ -135,14 +135,20 @@ def _print_table(report) -> None:
         status = {"delivered": "[green]delivered", "skipped": "[green]already delivered"}.get(
             row["status"], f"[red]{row['status']}" + (f" ({row['stage']})" if row["stage"] else ""))
         push = (o.push or {}).get("status", "-") if o.push_repo else "-"
-        table.add_row(o.name, status, f"{o.size_bytes / 2**20:.1f} MiB" if o.size_bytes else "-", gate,
+        table.add_row(o.name, status, _size(o.size_bytes), gate,
                       f"{o.seconds:.1f} s" if o.seconds else "-", push)
     stderr.print(table)
     for o in report.failed:
-        stderr.print(f"[red]{o.name}[/red]: {o.error}")
+        stderr.print(f"[red]{o.name}[/red]: {o.error}", soft_wrap=True)  # one greppable line per failure
     counts = report.to_json()["counts"]
     stderr.print(f"{counts['delivered']} delivered, {counts['skipped']} already delivered, {counts['failed']} failed "
-                 f"in {report.wall_s:.1f} s ({report.workers_note}); log {report.log}")
+                 f"in {report.wall_s:.1f} s ({report.workers_note}); log {report.log}", soft_wrap=True)
     if report.outputs.get("variants"):
         stderr.print(f"WebLLM appConfig: {report.outputs['app_config']}; "
-                     f"mlc-package-config.json: {report.outputs['mlc_package_config']}")
+                     f"mlc-package-config.json: {report.outputs['mlc_package_config']}", soft_wrap=True)
+
+
+def _size(n: int) -> str:
+    if not n:
+        return "-"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"

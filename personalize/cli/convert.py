@@ -35,6 +35,12 @@ def add(
                                "(bit-exact with MLC's converter), range (also uses the top 4-bit code: measured "
                                "lower KL and perplexity on SmolLM2), mse (experimental: least squared weight "
                                "error, measured worse on SmolLM2)"),
+    lib: Optional[str] = typer.Option(None, "--lib", help="compiled MLC library (file or https URL) the artifact "
+                                      "must run on: its limits are used and the result is checked against it"),
+    context_window: Optional[int] = typer.Option(None, "--context-window", help="context_window_size for "
+                                                 "mlc-chat-config.json (default: the prebuilt library's, e.g. 4096)"),
+    prefill_chunk: Optional[int] = typer.Option(None, "--prefill-chunk", help="prefill_chunk_size (default: the "
+                                                "prebuilt library's, e.g. 1024)"),
     calibrate: Optional[str] = typer.Option(None, "--calibrate", metavar="builtin|FILE",
                                             help="calibrated rounding (GPTQ-style, same format and library, "
                                             "not byte-identical with MLC's converter): `builtin` text or a "
@@ -54,11 +60,13 @@ def add(
         result = add_source(source, quantization=quantization, name=name, output=output, base=base,
                             force_base=force_base, conv_template=conv_template, force=force,
                             evaluate=not no_eval, device=device, progress=advance, progress_total=set_total,
-                            log=None if json_out else stderr.print, scales=scales, calibrate=calibrate)
+                            log=None if json_out else stderr.print, scales=scales, lib=lib,
+                            context_window=context_window, prefill_chunk=prefill_chunk, calibrate=calibrate)
     doc = {"name": result.name, "path": str(result.path), "library_key": result.lineage["library_key"],
            "quantization": result.lineage["quantization"],
            "quantization_options": result.lineage.get("quantization_options"),
            "timings": result.lineage.get("timings"),
+           "prebuilt_library": result.lineage.get("prebuilt_library"),
            "eval": result.lineage.get("eval")}
     if json_out:
         print_json(doc)
@@ -66,6 +74,13 @@ def add(
         label = result.name or str(result.path)
         stderr.print(f"[green]added[/green] {label}  ({result.lineage['quantization']}, library "
                      f"{result.lineage['library_key']}, {result.lineage['timings']['total']:.1f} s)")
+        prebuilt = result.lineage.get("prebuilt_library") or {}
+        if prebuilt.get("library"):
+            typer.echo(f"runs on MLC's prebuilt {prebuilt['library']} (@mlc-ai/web-llm {prebuilt['webllm_range']}; "
+                       f"context {prebuilt['context_window_size']}, prefill chunk {prebuilt['prefill_chunk_size']})",
+                       err=True)
+        elif prebuilt.get("reason"):
+            typer.echo(f"note: {prebuilt['reason']}", err=True)  # once, unwrapped
         typer.echo(str(result.path))
 
 

@@ -65,6 +65,10 @@ def share(
     local: bool = typer.Option(False, "--local", help="links for `personalize serve` instead of the Hub"),
     host: str = typer.Option("127.0.0.1", "--host", help="with --local: the serve host"),
     port: int = typer.Option(8765, "--port", help="with --local: the serve port"),
+    model_lib: Optional[str] = typer.Option(None, "--model-lib", help="an MLC model library (.so/.dylib/.tar "
+                                            "from mlc_llm compile) for the mlc_llm command and the app entry"),
+    webllm_version: Optional[str] = typer.Option(None, "--webllm-version", help="name the prebuilt library of "
+                                                 "this @mlc-ai/web-llm version (default: the newest)"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON document"),
 ) -> None:
     """Print what each runtime takes: mlc_llm command, WebLLM ModelRecord, iOS/Android package entry."""
@@ -87,7 +91,8 @@ def share(
         if pushed.get("repo_id") == repo:
             revision, endpoint = pushed.get("revision") or "main", pushed.get("endpoint") or DEFAULT_ENDPOINT
     doc = share_records(path, name=name, repo_id=None if local else repo, revision=revision, endpoint=endpoint,
-                        local_url=f"http://{host}:{port}" if local else None, libs_dir=registry.libs_dir)
+                        local_url=f"http://{host}:{port}" if local else None, model_lib=model_lib,
+                        webllm_version=webllm_version)
     if json_out:
         print_json(doc)
         return
@@ -99,7 +104,11 @@ def share(
     typer.echo("\n## mlc_llm (Python / CLI)")
     typer.echo(doc["mlc_llm"]["command"])
     typer.echo("\n## WebLLM ModelRecord (appConfig.model_list entry)")
-    typer.echo(json.dumps(doc["webllm"]["model_record"], indent=2))
+    if doc["webllm"]["model_record"] is not None:
+        typer.echo(f"# @mlc-ai/web-llm {doc['webllm']['webllm_versions']}")
+        typer.echo(json.dumps(doc["webllm"]["model_record"], indent=2))
+    else:
+        typer.echo(f"# none: {doc['webllm']['reason']}")
     typer.echo("\n## iOS / Android mlc-package-config.json model_list entry")
     typer.echo(json.dumps(doc["mlc_package_config"]["iphone"]["model_list"][0], indent=2))
     for note in doc["notes"]:
@@ -111,17 +120,39 @@ def share(
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8765, "--port", help="port to listen on (0 = any free port)"),
+    webllm: Optional[str] = typer.Option(None, "--webllm",
+                                         help="where the chat page loads web-llm from: an ES module URL, or a "
+                                              "local web-llm package directory (default: the npm CDN build)"),
+    prebuilt: Optional[str] = typer.Option(None, "--prebuilt",
+                                           help="a local directory of MLC's prebuilt WebGPU libraries (.wasm), "
+                                                "served at /prebuilt/ and preferred by the chat page"),
 ) -> None:
-    """Serve every artifact over HTTP in the Hub's /{repo}/resolve/main/{file} layout (Range, CORS, ETag)."""
-    from publish.serve import ArtifactIndex, make_server
+    """Serve every artifact in the Hub's /{repo}/resolve/{main|commit}/{file} layout, and a WebLLM chat page at /."""
+    from pathlib import Path
 
+    from personalize_errors import UserError
+    from publish.serve import WEBLLM_CDN, ArtifactIndex, PageOptions, make_server
+
+    webllm_dir = None
+    if webllm and "://" not in webllm:
+        webllm_dir = Path(webllm).expanduser()
+        if not (webllm_dir / "lib" / "index.js").is_file():
+            raise UserError(f"{webllm_dir} is not a web-llm package (no lib/index.js)", path=str(webllm_dir),
+                            hint="pass node_modules/@mlc-ai/web-llm or an ES module URL")
+    prebuilt_dir = Path(prebuilt).expanduser() if prebuilt else None
+    if prebuilt_dir is not None and not prebuilt_dir.is_dir():
+        raise UserError(f"no directory {prebuilt_dir}", path=str(prebuilt_dir),
+                        hint="pass a directory that holds MLC's .wasm libraries")
+    page = PageOptions(webllm_url=webllm if webllm and webllm_dir is None else WEBLLM_CDN, webllm_dir=webllm_dir,
+                       prebuilt_dir=prebuilt_dir)
     registry = Registry()
     index = ArtifactIndex.from_registry(registry)
-    server = make_server(index, host, port)
+    server = make_server(index, host, port, page=page)
     bound_host, bound_port = server.server_address[:2]
     repos = index.repos()
     stderr.print(f"serving {len(set(repos.values()))} artifact(s) on http://{bound_host}:{bound_port} "
                  "(Ctrl-C to stop)")
+    stderr.print(f"  chat page: http://{bound_host}:{bound_port}/ (web-llm from {page.module_url()})")
     for repo_id in sorted(repos):
         stderr.print(f"  http://{bound_host}:{bound_port}/{repo_id}/resolve/main/")
     # One machine-readable line on stdout so scripts (and tests) learn the port when --port 0.

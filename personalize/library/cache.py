@@ -34,8 +34,8 @@ def _tvm_tag() -> str:
 # compile passes, the architecture definitions the graph consumes (the whole package, so a new
 # architecture counts) and the quantization schemes it decodes. Their source is hashed into the
 # file name, so a library compiled from other code (a kernel edit) is never picked up.
-GRAPH_MODULES = ("personalize.library.model", "personalize.library.cpu_kernels", "personalize.library.build",
-                 "personalize.arch", "quantize.schemes", "quantize.spec")
+GRAPH_MODULES = ("personalize.library.model", "personalize.library.cpu_kernels", "personalize.library.longrope",
+                 "personalize.library.build", "personalize.arch", "quantize.schemes", "quantize.spec")
 
 
 @functools.cache

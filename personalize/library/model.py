@@ -1,4 +1,4 @@
-"""The fixed decoder graph (llama, mistral, qwen2) in `tvm.relax.frontend.nn`.
+"""The fixed decoder graph in `tvm.relax.frontend.nn`, built from an architecture's DecoderLayout.
 
 Module attribute paths spell the library parameter names (`model.layers.0.self_attn.qkv_proj.q_weight`),
 so `export_tvm` yields exactly the artifact's parameter list. Quantized weights are dequantized
@@ -8,6 +8,7 @@ CUDA by a dequantize+matmul PrimFunc that dlight's GPU rules schedule (model-dty
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax as rx
 from tvm import te, tirx
@@ -15,10 +16,12 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 
-from personalize.arch import LibraryConfig
+from personalize.arch import LibraryConfig, get_architecture
+from personalize.arch.layout import DecoderLayout
 from quantize.schemes import Scheme
 
 from .cpu_kernels import WeightFormat, linear_kernel, rms_norm_kernel
+from .longrope import use_longrope
 
 
 class GraphOptions:
@@ -166,91 +169,144 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, c: dict, qkv_name: str, qkv_bias: bool, opts: GraphOptions):
-        self.h, self.kv, self.d = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-        self.qkv_name = qkv_name
-        qkv = Linear(c["hidden_size"], (self.h + 2 * self.kv) * self.d, "linear", opts, bias=qkv_bias)
-        setattr(self, qkv_name, qkv)  # qkv_proj (llama, mistral) or c_attn (qwen2): the library name
-        self.o_proj = Linear(self.h * self.d, c["hidden_size"], "linear", opts)
+    """Self-attention as the layout names it: fused (qkv_proj / c_attn) or separate q/k/v projections,
+    optional per-head q/k RMSNorm, then the paged KV cache (which applies RoPE)."""
+
+    def __init__(self, lay: DecoderLayout, opts: GraphOptions):
+        self.h, self.kv, self.d = lay.heads, lay.kv_heads, lay.head_dim
+        self.lay = lay
+        rows = (self.h * self.d, self.kv * self.d, self.kv * self.d)
+        if lay.qkv is None:
+            self.q_proj, self.k_proj, self.v_proj = (Linear(lay.hidden, n, "linear", opts, bias=lay.qkv_bias)
+                                                     for n in rows)
+        else:
+            setattr(self, lay.qkv, Linear(lay.hidden, sum(rows), "linear", opts, bias=lay.qkv_bias))
+        setattr(self, lay.o_proj, Linear(self.h * self.d, lay.hidden, "linear", opts, bias=lay.o_bias))
+        if lay.qk_norm:
+            self.q_norm = RMSNorm(self.d, lay.norm_eps, opts)
+            self.k_norm = RMSNorm(self.d, lay.norm_eps, opts)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
         b, s, _ = x.shape
-        qkv = op.reshape(getattr(self, self.qkv_name)(x), (b, s, self.h + 2 * self.kv, self.d))
-        o = kv_cache.attention_with_fused_qkv(layer_id, qkv, self.h, sm_scale=self.d ** -0.5)
-        return self.o_proj(op.reshape(o, (b, s, self.h * self.d)))
+        h, kv, d, lay = self.h, self.kv, self.d, self.lay
+        if lay.qkv is None:
+            parts = [op.reshape(proj(x), (b, s, n, d))
+                     for proj, n in ((self.q_proj, h), (self.k_proj, kv), (self.v_proj, kv))]
+        else:
+            qkv = op.reshape(getattr(self, lay.qkv)(x), (b, s, h + 2 * kv, d))
+            parts = list(op.split(qkv, [h, h + kv], axis=2)) if lay.qk_norm else [qkv]
+        if lay.qk_norm:
+            parts = [self.q_norm(parts[0]), self.k_norm(parts[1]), parts[2]]
+        qkv = parts[0] if len(parts) == 1 else op.concat(parts, dim=2)
+        o = kv_cache.attention_with_fused_qkv(layer_id, qkv, h, sm_scale=lay.softmax_scale)
+        return getattr(self, lay.o_proj)(op.reshape(o, (b, s, h * d)))
 
 
 class MLP(nn.Module):
-    def __init__(self, c: dict, opts: GraphOptions):
-        self.inter = c["intermediate_size"]
-        self.gate_up_proj = Linear(c["hidden_size"], 2 * self.inter, "linear", opts)
-        self.down_proj = Linear(self.inter, c["hidden_size"], "linear", opts)
+    def __init__(self, lay: DecoderLayout, opts: GraphOptions):
+        self.inter = lay.intermediate
+        self.activation = lay.activation
+        self.gate_up_proj = Linear(lay.hidden, 2 * self.inter, "linear", opts)
+        self.down_proj = Linear(self.inter, lay.hidden, "linear", opts)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = op.split(self.gate_up_proj(x), 2, axis=-1)
-        return self.down_proj(op.silu(gate) * up)
+        act = op.silu(gate) if self.activation == "silu" else op.gelu(gate, approximate="tanh")
+        return self.down_proj(act * up)
+
+
+# Layer part -> the module's attribute name (for the parts whose name does not vary).
+_NORM_NAMES = {"pre_ffn_norm": "pre_feedforward_layernorm", "post_ffn_norm": "post_feedforward_layernorm"}
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, c: dict, qkv_name: str, qkv_bias: bool, opts: GraphOptions):
-        self.self_attn = Attention(c, qkv_name, qkv_bias, opts)
-        self.mlp = MLP(c, opts)
-        self.input_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"], opts)
-        self.post_attention_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"], opts)
+    """Pre-norm residual block; with sandwich norms (gemma2/3) each branch output is normed too."""
+
+    def __init__(self, lay: DecoderLayout, opts: GraphOptions):
+        self.lay = lay
+        names = {"attn": lay.attn, "mlp": "mlp", "input_norm": lay.input_norm,
+                 "post_attn_norm": lay.post_attn_norm, **_NORM_NAMES}
+        self.parts = {}
+        for part in lay.layer_order:  # declaration order = parameter order
+            module = (Attention(lay, opts) if part == "attn" else MLP(lay, opts) if part == "mlp"
+                      else RMSNorm(lay.hidden, lay.norm_eps, opts))
+            setattr(self, names[part], module)
+            self.parts[part] = names[part]
+
+    def _part(self, part: str) -> nn.Module:
+        return getattr(self, self.parts[part])
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache, layer_id: int) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), kv_cache, layer_id)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn = self._part("attn")(self._part("input_norm")(x), kv_cache, layer_id)
+        if self.lay.sandwich_norms:
+            x = x + self._part("post_attn_norm")(attn)
+            return x + self._part("post_ffn_norm")(self._part("mlp")(self._part("pre_ffn_norm")(x)))
+        x = x + attn
+        return x + self._part("mlp")(self._part("post_attn_norm")(x))
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, c: dict, vocab, qkv_name: str, qkv_bias: bool, opts: GraphOptions):
-        self.embed_tokens = Embedding(vocab, c["hidden_size"], opts)
-        self.layers = nn.ModuleList([DecoderLayer(c, qkv_name, qkv_bias, opts)
-                                     for _ in range(c["num_hidden_layers"])])
-        self.norm = RMSNorm(c["hidden_size"], c["rms_norm_eps"], opts)
+    def __init__(self, lay: DecoderLayout, opts: GraphOptions):
+        self.lay = lay
+        vocab = "vocab_size" if lay.embed_vocab_symbolic else lay.vocab
+        setattr(self, lay.embed, Embedding(vocab, lay.hidden, opts))
+        setattr(self, lay.layer_list, nn.ModuleList([DecoderLayer(lay, opts) for _ in range(lay.layers)]))
+        self.norm = RMSNorm(lay.hidden, lay.norm_eps, opts)
+
+    @property
+    def embedding(self) -> Embedding:
+        return getattr(self, self.lay.embed)
 
     def forward(self, x: Tensor, kv_cache: PagedKVCache) -> Tensor:
-        for i, layer in enumerate(self.layers):
+        if self.lay.embed_scale is not None:
+            x = x * self.lay.embed_scale
+        for i, layer in enumerate(getattr(self, self.lay.layer_list)):
             x = layer(x, kv_cache, i)
         return self.norm(x)
 
 
-# Per model_type: fused attention parameter name, whether it has a bias, rope theta key.
-GRAPH_LAYOUT = {
-    "llama": ("qkv_proj", False, "position_embedding_base"),
-    "mistral": ("qkv_proj", False, "position_embedding_base"),
-    "qwen2": ("c_attn", True, "rope_theta"),
-}
+class Scope(nn.Module):
+    """An empty module, so a decoder stack can sit under a dotted prefix (language_model.model)."""
 
 
 class CausalLM(nn.Module):
-    """The exported model: embed, prefill, decode, batch_prefill, create_paged_kv_cache."""
+    """The exported model: embed, prefill, decode, batch_prefill, create_paged_kv_cache.
+
+    Everything architecture-specific comes from the architecture's DecoderLayout.
+    """
 
     def __init__(self, config: LibraryConfig, opts: GraphOptions):
-        c = config.model_config
-        qkv_name, qkv_bias, theta_key = GRAPH_LAYOUT[config.model_type]
-        vocab = "vocab_size" if config.symbolic_vocab else config.vocab_size
-        self.model = DecoderModel(c, vocab, qkv_name, qkv_bias, opts)
-        self.tied = bool(c.get("tie_word_embeddings", False)) and config.model_type != "mistral"
-        if not self.tied:
-            self.lm_head = Linear(c["hidden_size"], vocab, "lm_head", opts)
+        lay = get_architecture(config.model_type).layout(config)
+        self.lay = lay
+        *outer, last = lay.prefix.split(".")
+        holder: nn.Module = self
+        for name in outer:
+            setattr(holder, name, Scope())
+            holder = getattr(holder, name)
+        setattr(holder, last, DecoderModel(lay, opts))  # model.* / transformer.* / language_model.model.*
+        if lay.head != "tied":
+            self.lm_head = Linear(lay.hidden, "vocab_size" if lay.head_vocab_symbolic else lay.vocab, "lm_head", opts)
         self.opts = opts
-        self.hidden = c["hidden_size"]
-        self.num_layers = c["num_hidden_layers"]
-        self.h, self.kv, self.d = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
-        self.rope_theta = c[theta_key]
-        self.rope_scaling = c.get("rope_scaling") or {}
+        self.hidden = lay.hidden
+
+    @property
+    def stack(self) -> DecoderModel:
+        node: nn.Module = self
+        for name in self.lay.prefix.split("."):
+            node = getattr(node, name)
+        return node
 
     def _logits(self, h: Tensor) -> Tensor:
-        logits = self.model.embed_tokens.lm_head_forward(h) if self.tied else self.lm_head(h)
-        return logits if logits.dtype == "float32" else logits.astype("float32")
+        logits = self.stack.embedding.lm_head_forward(h) if self.lay.head == "tied" else self.lm_head(h)
+        logits = logits if logits.dtype == "float32" else logits.astype("float32")
+        cap = self.lay.final_softcap
+        return logits if cap is None else op.tanh(logits / cap) * cap
 
     def embed(self, input_ids: Tensor):
-        return self.model.embed_tokens(input_ids)
+        return self.stack.embedding(input_ids)
 
     def prefill(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
-        h = self.model(input_embed, paged_kv_cache)
+        h = self.stack(input_embed, paged_kv_cache)
 
         def last(x):
             b, s, d = x.shape
@@ -259,24 +315,28 @@ class CausalLM(nn.Module):
         return self._logits(op.tensor_expr_op(last, "index_last_token", [h])), paged_kv_cache
 
     def decode(self, input_embed: Tensor, paged_kv_cache: PagedKVCache):
-        return self._logits(self.model(input_embed, paged_kv_cache)), paged_kv_cache
+        return self._logits(self.stack(input_embed, paged_kv_cache)), paged_kv_cache
 
     def batch_prefill(self, input_embeds: Tensor, logit_positions: Tensor, paged_kv_cache: PagedKVCache):
-        h = op.take(self.model(input_embeds, paged_kv_cache), logit_positions, axis=1)
+        h = op.take(self.stack(input_embeds, paged_kv_cache), logit_positions, axis=1)
         return self._logits(h), paged_kv_cache
 
     def create_paged_kv_cache(self, max_batch_size: tirx.Var, max_total_seq_len: tirx.Var,
                               prefill_chunk_size: tirx.Var, page_size: tirx.Var,
                               support_sliding_window: tirx.Var) -> PagedKVCache:
-        return TIRPagedKVCache(
-            attn_kind="mha", max_batch_size=max_batch_size, max_total_seq_len=max_total_seq_len,
-            prefill_chunk_size=prefill_chunk_size, page_size=page_size,
-            support_sliding_window=support_sliding_window,
-            layer_partition=rx.ShapeExpr([0, self.num_layers]), num_hidden_layers=self.num_layers,
-            num_attention_heads=self.h, num_key_value_heads=self.kv, qk_head_dim=self.d, v_head_dim=self.d,
-            mla_original_qk_head_dim=0, mla_original_v_head_dim=0, rope_mode=RopeMode.NORMAL, rope_scale=1,
-            rope_theta=self.rope_theta, rope_scaling=dict(self.rope_scaling), rope_ext_factors=rx.prim_value(0),
-            rotary_dim=self.d, enable_disaggregation=False, dtype=self.opts.act_dtype, target=self.opts.target)
+        lay, rope = self.lay, self.lay.rope
+        ext = rx.const(np.array(rope.ext_factors, "float32")) if rope.ext_factors else rx.prim_value(0)
+        with use_longrope((rope.scaling or {}).get("rope_type") == "longrope"):
+            return TIRPagedKVCache(
+                attn_kind="mha", max_batch_size=max_batch_size, max_total_seq_len=max_total_seq_len,
+                prefill_chunk_size=prefill_chunk_size, page_size=page_size,
+                support_sliding_window=support_sliding_window,
+                layer_partition=rx.ShapeExpr([0, lay.layers]), num_hidden_layers=lay.layers,
+                num_attention_heads=lay.heads, num_key_value_heads=lay.kv_heads, qk_head_dim=lay.head_dim,
+                v_head_dim=lay.head_dim, mla_original_qk_head_dim=0, mla_original_v_head_dim=0,
+                rope_mode=RopeMode.NORMAL, rope_scale=1, rope_theta=rope.theta, rope_scaling=dict(rope.scaling or {}),
+                rope_ext_factors=ext, rotary_dim=rope.rotary_dim or lay.head_dim, enable_disaggregation=False,
+                dtype=self.opts.act_dtype, target=self.opts.target)
 
     def get_default_spec(self) -> dict:
         dt, hd = self.opts.act_dtype, self.hidden

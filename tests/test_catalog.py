@@ -1,0 +1,181 @@
+"""The catalog of MLC's prebuilt WebGPU libraries, checked against what MLC itself publishes.
+
+The hand-written base configs (scripts/build_catalog.py) are checked against the metadata embedded in
+MLC's real v0_2_48 libraries (tests/data/prebuilt/metadata/) and the real SmolLM2-135M-Instruct config;
+the WebLLM records against the facts measured in the browser (which npm version loads which directory).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from catalog import (
+    config_differences,
+    directories,
+    directory_for_webllm,
+    find_by_file,
+    find_by_metadata,
+    find_libraries,
+    libraries,
+    load_catalog,
+    normalize_config,
+    why_no_library,
+)
+from catalog.library_metadata import LibraryMetadataError, metadata_from_bytes, read_library_metadata
+from tests.shaped_models import hf_config
+
+DATA = Path(__file__).parent / "data" / "prebuilt"
+METADATA = sorted((DATA / "metadata").glob("*.json"))
+QWEN_WASM = DATA / "v0_2_48" / "Qwen2-0.5B-Instruct-q4f32_1-ctx4k_cs1k-webgpu.wasm"
+
+
+def library_config(base: str) -> tuple[str, dict]:
+    """(model_type, model_config) exactly as `add` derives it from the base's config.json."""
+    from personalize.arch import get_architecture
+
+    cfg = hf_config(base)
+    return cfg["model_type"], get_architecture(cfg["model_type"]).library_config(cfg).model_config
+
+
+# ----------------------------------------------------------------------------- against MLC's metadata
+@pytest.mark.parametrize("path", METADATA, ids=lambda p: p.stem)
+def test_catalog_shapes_match_the_metadata_mlc_embeds(path):
+    """Every metadata file whose library WebLLM lists: the catalog's base config gives the library's
+    KV-cache geometry, limits, embedding shape and (symbolic or not) vocab dimension."""
+    meta = json.loads(path.read_text())
+    entries = find_by_file(path.stem + ".wasm")
+    if not entries:
+        # TinyLlama q0f32, phi-1_5, stablelm: not in WebLLM's records from 0.2.51 on, or an unsupported arch
+        assert meta["model_type"] not in {"qwen2", "mistral"}, path.name
+        return
+    for lib in entries:
+        c = lib.config
+        assert lib.model_type == meta["model_type"] and lib.quantization == meta["quantization"]
+        kv = meta["kv_cache"]
+        assert (c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]) == \
+            (kv["num_hidden_layers"], kv["num_attention_heads"], kv["num_key_value_heads"], kv["head_dim"])
+        assert lib.prefill_chunk_size == meta["prefill_chunk_size"]
+        if lib.directory == "v0_2_48":  # the metadata was extracted from these very files
+            assert lib.compiled_context_window_size == meta["context_window_size"]
+        embed = next(p for p in meta["params"] if "embed" in p["name"] or "embd" in p["name"])
+        assert lib.symbolic_vocab == isinstance(embed["shape"][0], str)
+        if not lib.symbolic_vocab:
+            assert embed["shape"][0] == c["vocab_size"]
+        assert find_by_metadata(meta), "the metadata alone finds its catalog entry"
+        assert lib in find_by_metadata(meta)
+
+
+def test_smollm2_config_matches_the_real_model(smollm2_dir):
+    """The hand-written SmolLM2-135M values equal the real model's config.json (derived the way add does)."""
+    from personalize.arch import get_architecture
+
+    real = json.loads((Path(smollm2_dir) / "config.json").read_text())
+    mc = get_architecture("llama").library_config(real).model_config
+    (lib,) = [x for x in find_libraries("llama", mc, "q0f16") if x.directory == "v0_2_48"]
+    assert lib.base_model == "SmolLM2-135M-Instruct"
+    assert config_differences(lib, "llama", normalize_config("llama", mc)) == []
+
+
+def test_webllm_ranges_are_the_measured_ones():
+    """npm version -> library directory, as measured in the browser (shared/prebuilt/README.md)."""
+    assert directory_for_webllm("0.2.79") == "v0_2_48" and directory_for_webllm("0.2.51") == "v0_2_48"
+    assert directory_for_webllm("0.2.80") == directory_for_webllm("0.2.82") == "v0_2_80"
+    assert directory_for_webllm("0.2.84") == "v0_2_84/base" and directory_for_webllm("0.2.86") == "v0_2_86/base"
+    assert directory_for_webllm("0.2.46") is None
+    assert directories()[0] == "v0_2_48" and directories()[-1] == "v0_2_86/base"
+    prefix = load_catalog()["lib_url_prefix"]
+    for lib in libraries():
+        assert lib.url == f"{prefix}{lib.directory}/{lib.file}"
+        assert lib.records and lib.vram_required_MB > 0 and lib.prefill_chunk_size == 1024
+
+
+def test_mlc_serves_qwen25_finetunes_on_the_qwen2_library_and_so_do_we():
+    """MLC's own records run Qwen2.5-0.5B-Instruct on the Qwen2-0.5B library; the config match agrees."""
+    (lib,) = [x for x in find_by_file("Qwen2-0.5B-Instruct-q4f16_1-ctx4k_cs1k-webgpu.wasm") if x.directory == "v0_2_48"]
+    assert "Qwen2.5-0.5B-Instruct-q4f16_1-MLC" in [r["model_id"] for r in lib.records]
+    model_type, mc = library_config("Qwen2-0.5B-Instruct")  # Qwen2.5-0.5B has the same published config values
+    assert lib in find_libraries(model_type, mc, "q4f16_1")
+
+
+# ----------------------------------------------------------------------------- finding by config
+def test_found_by_config_not_by_hub_id(tmp_path):
+    """A local copy with no Hub id anywhere still finds its library, newest directory first."""
+    from ingest.source import read_json
+    from tests.shaped_models import write_config_only
+
+    cfg = hf_config("Llama-3.2-1B-Instruct")
+    cfg.pop("_name_or_path", None)
+    model_dir = write_config_only(tmp_path / "my-local-copy", cfg)
+    from personalize.arch import get_architecture
+
+    mc = get_architecture("llama").library_config(read_json(model_dir / "config.json")).model_config
+    found = find_libraries("llama", mc, "q4f16_1")
+    assert [x.directory for x in found] == list(reversed(directories()))
+    assert {x.base_model for x in found} == {"Llama-3.2-1B-Instruct"}
+    assert found[0].context_window_size == 4096
+
+
+@pytest.mark.parametrize("change,field", [({"rope_theta": 10000.0}, "rope_theta"),
+                                          ({"rms_norm_eps": 1e-6}, "norm_eps"),
+                                          ({"rope_scaling": None}, "rope_scaling"),
+                                          ({"tie_word_embeddings": False}, "tie_word_embeddings")])
+def test_a_compiled_in_difference_finds_no_library_and_says_why(change, field):
+    from personalize.arch import get_architecture
+
+    cfg = hf_config("Llama-3.2-1B-Instruct", **change)
+    mc = get_architecture("llama").library_config(cfg).model_config
+    assert find_libraries("llama", mc, "q4f16_1") == []
+    reason = why_no_library("llama", mc, "q4f16_1")
+    assert reason.startswith("no MLC prebuilt WebGPU library for llama") and field in reason
+    assert "mlc_llm compile" in reason
+
+
+def test_mistral_v01_theta_does_not_fit_the_v03_library():
+    """MLC lists v0.1-based fine-tunes (theta 1e4) on the v0.3 library (theta 1e6); by config they differ."""
+    model_type, mc = library_config("Mistral-7B-Instruct-v0.3")
+    assert find_libraries(model_type, mc, "q4f32_1")
+    assert find_libraries(model_type, {**mc, "position_embedding_base": 10000.0}, "q4f32_1") == []
+
+
+def test_smollm2_135m_q4_has_no_library_and_the_reason_names_the_quantizations():
+    model_type, mc = library_config("SmolLM2-135M-Instruct")
+    assert find_libraries(model_type, mc, "q4f16_1") == []
+    reason = why_no_library(model_type, mc, "q4f16_1")
+    assert "SmolLM2-135M-Instruct" in reason and "q0f16" in reason and "--quantization q0f16" in reason
+
+
+def test_tiny_shapes_name_the_nearest_and_the_hidden_size():
+    reason = why_no_library("llama", {"hidden_size": 72, "intermediate_size": 96, "num_attention_heads": 4,
+                                      "num_hidden_layers": 2, "vocab_size": 320, "rms_norm_eps": 1e-5,
+                                      "position_embedding_base": 10000.0}, "q4f16_1")
+    assert reason.startswith("no MLC prebuilt WebGPU library for llama with hidden 72") and "(q4f16_1)" in reason
+
+
+# ----------------------------------------------------------------------------- reading library metadata
+def test_reads_the_metadata_of_mlcs_real_wasm():
+    meta = read_library_metadata(QWEN_WASM)
+    assert meta == json.loads((DATA / "metadata" / (QWEN_WASM.stem + ".json")).read_text())
+
+
+def test_reads_metadata_inside_a_tar_and_rejects_other_files(tmp_path):
+    import io
+    import tarfile
+
+    doc = json.loads((DATA / "metadata" / (QWEN_WASM.stem + ".json")).read_text())
+    blob = b"\x7fELF\x00junk{\"not\": 1}\x00" + json.dumps(doc).encode() + b"\x00more"
+    tar = tmp_path / "lib.tar"
+    with tarfile.open(tar, "w") as t:
+        info = tarfile.TarInfo("lib0.o")
+        info.size = len(blob)
+        t.addfile(info, io.BytesIO(blob))
+    assert read_library_metadata(tar) == doc
+    (tmp_path / "x.so").write_bytes(b"\x7fELF" + b"\x00" * 100)
+    with pytest.raises(LibraryMetadataError, match="no MLC model metadata"):
+        read_library_metadata(tmp_path / "x.so")
+    with pytest.raises(LibraryMetadataError, match="does not exist"):
+        read_library_metadata(tmp_path / "missing.wasm")
+    with pytest.raises(LibraryMetadataError):
+        metadata_from_bytes(b'{"model_type": "llama", "params": ')  # truncated JSON
