@@ -21,7 +21,7 @@ from tests.shaped_models import hf_config, write_paper_artifact, write_shaped_mo
 DATA = Path(__file__).parent / "data" / "prebuilt"
 WASM_Q4F32 = DATA / "v0_2_48" / "Qwen2-0.5B-Instruct-q4f32_1-ctx4k_cs1k-webgpu.wasm"
 WASM_Q0F32 = DATA / "v0_2_48" / "Qwen2-0.5B-Instruct-q0f32-ctx4k_cs1k-webgpu.wasm"
-SUPPORTED = {"llama", "mistral", "qwen2"}
+SUPPORTED = {"llama", "mistral", "qwen2", "gemma2", "phi3"}
 SUPPORTED_METADATA = [p for p in sorted((DATA / "metadata").glob("*.json"))
                       if json.loads(p.read_text())["model_type"] in SUPPORTED]
 
