@@ -247,3 +247,19 @@ def test_phi3_libraries_compile_no_sliding_window():
     meta = json.loads((DATA / "metadata" / "Phi-3.5-mini-instruct-q4f32_1-ctx4k_cs1k-webgpu.json").read_text())
     assert meta["sliding_window_size"] == -1
     assert {lib.config["sliding_window"] for lib in libraries() if lib.model_type == "phi3"} == {None}
+
+
+@pytest.mark.parametrize("base", sorted({lib.base_model for lib in libraries()}))
+def test_the_architecture_definition_and_the_leaf_catalog_agree(base):
+    """`add` compares through the architecture definition (prebuilt.catalog_view: tying from the layout's
+    head); `share`, a leaf, reads the artifact's model_config alone. Both must see the same values, and
+    the catalog's symbolic-vocab flag must be the architecture's."""
+    from personalize.arch import ARCHITECTURES
+    from personalize.prebuilt import catalog_view
+
+    lib = next(x for x in libraries() if x.base_model == base)
+    assert lib.model_type in ARCHITECTURES  # every catalogued architecture is one personalize converts
+    model_type, mc = library_config(base)
+    assert normalize_config(model_type, mc) == normalize_config(model_type, catalog_view(model_type, mc))
+    config = ARCHITECTURES[model_type].library_config(hf_config(base))
+    assert lib.symbolic_vocab == config.symbolic_vocab
