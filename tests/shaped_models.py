@@ -1,4 +1,5 @@
-"""Models with the shapes of real bases (Qwen2-0.5B, Llama-3.2-1B, Mistral-7B ...), for library checks.
+"""Models with the shapes of real bases (Qwen2-0.5B, Llama-3.2-1B, Mistral-7B, gemma-2-2b, Phi-3.5/4-mini ...),
+for library checks.
 
 Two kinds, and what each proves:
   * `write_shaped_model` writes a real HF model directory (config.json, bf16 safetensors, a small
@@ -99,6 +100,10 @@ def hf_config(base_model: str, **changes: Any) -> dict[str, Any]:
 
 
 def hf_tensor_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    # Real weights are written for the llama-like layouts only; gemma2/phi3 bases (2.6B-3.8B) are checked
+    # as paper artifacts, and their tiny real models come from tests/tiny_models.py.
+    if cfg["model_type"] not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"write_shaped_model has no tensor layout for {cfg['model_type']}")
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd

@@ -2,9 +2,11 @@
 
 Real weights: a Qwen2-0.5B-shaped random model (tests/shaped_models.py) converted by `personalize add`
 and checked against MLC's real v0_2_48 .wasm files (slow: ~1 GB written once per session, ~40 s per add).
-Paper artifacts: for every metadata file of a supported architecture, an artifact's records and chat
-config as `add` writes them, without weight bytes (see shaped_models.py for what that proves), checked
-against a library file that embeds exactly MLC's metadata.
+Paper artifacts: for every metadata file of a supported architecture (llama, mistral, qwen2, gemma2,
+phi3), an artifact's records and chat config as `add` writes them, without weight bytes (see
+shaped_models.py for what that proves), checked against a library file that embeds exactly MLC's
+metadata. The new architectures' real-weight path is covered by tiny random models (no library fits
+them, by design) rather than by a 2.6B-3.8B full-shape model.
 """
 
 from __future__ import annotations
