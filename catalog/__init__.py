@@ -89,7 +89,7 @@ def directory_for_webllm(version: str) -> str | None:
 
 def normalize_config(model_type: str, model_config: dict[str, Any]) -> dict[str, Any]:
     """MLC's model_config (mlc-chat-config.json) in the catalog's vocabulary (see scripts/build_catalog.py)."""
-    mc = model_config
+    mc = flatten_model_config(model_config)
     heads = mc.get("num_attention_heads")
     out: dict[str, Any] = {k: mc.get(k) for k in SHAPE_KEYS}
     out["num_key_value_heads"] = mc.get("num_key_value_heads") or heads
@@ -105,6 +105,19 @@ def normalize_config(model_type: str, model_config: dict[str, Any]) -> dict[str,
         if key in mc:
             out[key] = mc[key]
     return out
+
+
+def flatten_model_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """One flat dict of a model_config MLC nests (Gemma 3: the decoder's fields in `text_config`, the
+    config.json fields MLC keeps but does not name in its `kwargs`); the outer level wins, then the
+    named fields, then `kwargs`."""
+    text = model_config.get("text_config")
+    flat = {**(model_config.get("kwargs") or {})}
+    if isinstance(text, dict):
+        flat.update(text.get("kwargs") or {})
+        flat.update({k: v for k, v in text.items() if k != "kwargs"})
+    flat.update({k: v for k, v in model_config.items() if k not in ("text_config", "kwargs")})
+    return flat
 
 
 def _first(mc: dict[str, Any], *keys: str) -> Any:

@@ -30,6 +30,7 @@ from typing import Any
 from artifacts import Artifact
 from catalog import Library, config_differences, find_by_file, find_by_metadata, normalize_config
 from catalog.library_metadata import local_library, read_library_metadata
+from personalize.prebuilt import catalog_view
 from personalize_errors import UserError
 
 
@@ -144,7 +145,7 @@ def resolve_dim(dim: Any, chat: dict) -> Any:
 def compare_scalars(result: LibraryCheck, meta: dict, chat: dict, lib: str, base_config: Path | None) -> None:
     """The compiled-in values the metadata does not carry, against the library's base config."""
     model_type = chat.get("model_type") or ""
-    artifact = normalize_config(model_type, chat.get("model_config") or {})
+    artifact = normalize_config(model_type, catalog_view(model_type, chat.get("model_config") or {}))
     if base_config is not None:
         reference, config = {"source": "base-config", "path": str(base_config)}, read_base_config(base_config)
         diffs = _differences(config, artifact)
@@ -223,6 +224,6 @@ def read_base_config(path: Path) -> dict[str, Any]:
 
     if model_type in ARCHITECTURES:
         config = ARCHITECTURES[model_type].library_config(hf, path=str(path))
-        return normalize_config(model_type, config.model_config)
+        return normalize_config(model_type, catalog_view(model_type, config.model_config))
     theta, scaling = rope_from_hf(hf)
     return normalize_config(model_type, {**hf, "rope_theta": theta, "rope_scaling": scaling})

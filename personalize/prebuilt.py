@@ -14,13 +14,25 @@ from typing import Any
 
 from catalog import find_libraries, why_no_library
 
-from .arch import LibraryConfig
+from .arch import ARCHITECTURES, LibraryConfig
+
+
+def catalog_view(model_type: str, model_config: dict[str, Any]) -> dict[str, Any]:
+    """MLC's model_config with what only the architecture definition knows made explicit, for the catalog's
+    comparison: whether logits come from the embedding (MLC's Gemma configs have no tie field; Phi-4-mini
+    writes a copy of the embedding as lm_head and still counts as tied)."""
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None:
+        return model_config
+    config = LibraryConfig(model_type, model_config, {}, symbolic_vocab=False)
+    return {**model_config, "tie_word_embeddings": arch.layout(config).head != "own"}
 
 
 def fit_prebuilt(config: LibraryConfig, quantization: str, *, context_window: int | None = None,
                  prefill_chunk: int | None = None) -> tuple[LibraryConfig, dict[str, Any]]:
     """(config with the chosen context/prefill, the personalize.json record of the prebuilt library)."""
-    matches = find_libraries(config.model_type, config.model_config, quantization)
+    view = catalog_view(config.model_type, config.model_config)
+    matches = find_libraries(config.model_type, view, quantization)
     if matches:
         lib = matches[0]  # the newest library directory: what a current WebLLM release loads
         record: dict[str, Any] = {**lib.summary(),
@@ -30,7 +42,7 @@ def fit_prebuilt(config: LibraryConfig, quantization: str, *, context_window: in
         prefill_chunk = prefill_chunk or lib.prefill_chunk_size
     else:
         # Said once, by the CLI after a successful add (personalize/cli/convert.py), and kept in lineage.
-        record = {"library": None, "reason": why_no_library(config.model_type, config.model_config, quantization)}
+        record = {"library": None, "reason": why_no_library(config.model_type, view, quantization)}
     return with_limits(config, context_window, prefill_chunk), record
 
 

@@ -45,8 +45,9 @@ LIB_URL_PREFIX = "https://raw.githubusercontent.com/mlc-ai/binary-mlc-llm-libs/m
 LLAMA31_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
 LLAMA32_SCALING = {**LLAMA31_SCALING, "factor": 32.0}
-# Phi-3.5 / Phi-4-mini use LongRoPE; only its type and original window are recorded (the per-dimension
-# factor lists are long; a fine-tune copies them from its base unchanged).
+# Phi-3.5 / Phi-4-mini use LongRoPE; only its type and original window are recorded and compared: the
+# per-dimension long/short factor lists (48 each) are compiled in too, but their published values could not
+# be read from the Hub when this was written, and a wrong list here would refuse every real fine-tune.
 LONGROPE = {"rope_type": "longrope", "original_max_position_embeddings": 4096}
 
 
@@ -129,12 +130,13 @@ BASES: dict[str, tuple[str, str, dict]] = {
                      _cfg(1152, 6912, 26, 4, 1, 262144, eps=1e-6, theta=1000000.0, tie=True, max_pos=32768,
                           head_dim=256, sliding=512, rope_local_base_freq=10000.0, sliding_window_pattern=6,
                           query_pre_attn_scalar=256)),
+    # Phi-3's config.json says sliding_window 2047 / 262144, but MLC's Phi3Config has no such field and its
+    # libraries compile none (sliding_window_size -1 in the Phi-3.5 metadata): None, as for Qwen2.
     "Phi-3-mini-4k-instruct": ("microsoft/Phi-3-mini-4k-instruct", "phi3",
-                               _cfg(3072, 8192, 32, 32, 32, 32064, eps=1e-5, theta=10000.0, tie=False, max_pos=4096,
-                                    sliding=2047)),
+                               _cfg(3072, 8192, 32, 32, 32, 32064, eps=1e-5, theta=10000.0, tie=False, max_pos=4096)),
     "Phi-3.5-mini-instruct": ("microsoft/Phi-3.5-mini-instruct", "phi3",
                               _cfg(3072, 8192, 32, 32, 32, 32064, eps=1e-5, theta=10000.0, tie=False,
-                                   max_pos=131072, scaling=LONGROPE, sliding=262144)),
+                                   max_pos=131072, scaling=LONGROPE)),
     "Phi-4-mini-instruct": ("microsoft/Phi-4-mini-instruct", "phi3",
                             _cfg(3072, 8192, 32, 24, 8, 200064, eps=1e-5, theta=10000.0, tie=True, max_pos=131072,
                                  head_dim=128, scaling=LONGROPE, partial_rotary_factor=0.75)),

@@ -1,4 +1,5 @@
-"""Models with the shapes of real bases (Qwen2-0.5B, Llama-3.2-1B, Mistral-7B ...), for library checks.
+"""Models with the shapes of real bases (Qwen2-0.5B, Llama-3.2-1B, Mistral-7B, gemma-2-2b, Phi-3.5/4-mini ...),
+for library checks.
 
 Two kinds, and what each proves:
   * `write_shaped_model` writes a real HF model directory (config.json, bf16 safetensors, a small
@@ -27,7 +28,9 @@ import numpy as np
 
 from tests.tiny_models import add_chatml_tokenizer
 
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                    "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                    "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
 def base_config(base_model: str) -> tuple[str, dict[str, Any]]:
@@ -40,8 +43,24 @@ def base_config(base_model: str) -> tuple[str, dict[str, Any]]:
     raise KeyError(base_model)
 
 
+def longrope_factors(c: dict[str, Any]) -> dict[str, Any]:
+    """LongRoPE's rope_scaling as Phi-3.5/Phi-4-mini's config.json spells it: one long and one short factor
+    per rotated dimension pair (head_dim * partial_rotary_factor / 2: 48 for both bases). The catalog
+    records only the type and the original window (the published factor lists are not reachable offline),
+    so these lists are all 1.0: right in length, not in value. MLC compiles the factors in, so a real
+    fine-tune must keep its base's lists; here they only size the RoPE and are not compared."""
+    pairs = int(c["head_dim"] * c.get("partial_rotary_factor", 1.0)) // 2
+    scaling = dict(c["rope_scaling"])
+    return {"type": scaling.pop("rope_type"), "long_factor": [1.0] * pairs, "short_factor": [1.0] * pairs,
+            **scaling}
+
+
 def hf_config(base_model: str, **changes: Any) -> dict[str, Any]:
-    """The base's config.json (the fields transformers and personalize read), with `changes` applied."""
+    """The base's config.json (the fields transformers and personalize read), with `changes` applied.
+
+    Every value comes from the catalog entry of the base (scripts/build_catalog.py BASES), so a shaped
+    model and the catalog cannot disagree; only the fields the catalog does not need are written here
+    from the published config.json (activations, Gemma's soft-cap names, Phi-3's original window)."""
     model_type, c = base_config(base_model)
     cfg: dict[str, Any] = {
         "architectures": [HF_ARCHITECTURES[model_type]], "model_type": model_type,
@@ -55,13 +74,36 @@ def hf_config(base_model: str, **changes: Any) -> dict[str, Any]:
     }
     if model_type == "mistral":
         cfg["sliding_window"] = c["sliding_window"]
-    if model_type == "qwen2":
-        cfg.update(use_sliding_window=False, sliding_window=c["max_position_embeddings"])
+    if model_type in ("qwen2", "qwen3"):
+        cfg.update(use_sliding_window=False, sliding_window=None if model_type == "qwen3" else c["max_position_embeddings"])
+    if model_type in ("qwen3", "gemma2", "gemma3_text"):
+        cfg["attention_bias"] = False
+    if model_type in ("gemma2", "gemma3_text"):
+        # Gemma's config.json: GeLU-tanh, soft-caps / local RoPE base, and the sliding window
+        cfg.update(hidden_activation="gelu_pytorch_tanh", hidden_act="gelu_pytorch_tanh",
+                   sliding_window=c["sliding_window"], query_pre_attn_scalar=c["query_pre_attn_scalar"],
+                   bos_token_id=2, eos_token_id=1, pad_token_id=0)
+        for key in ("attn_logit_softcapping", "final_logit_softcapping", "rope_local_base_freq",
+                    "sliding_window_pattern"):
+            if key in c:
+                cfg[key] = c[key]
+    if model_type == "phi3":
+        cfg.update(original_max_position_embeddings=(c["rope_scaling"] or {}).get("original_max_position_embeddings",
+                                                                                  c["max_position_embeddings"]),
+                   partial_rotary_factor=c.get("partial_rotary_factor", 1.0), attention_bias=False, mlp_bias=False)
+        if c["rope_scaling"]:
+            cfg["rope_scaling"] = longrope_factors(c)
+        if c["sliding_window"]:
+            cfg["sliding_window"] = c["sliding_window"]
     cfg.update(changes)
     return cfg
 
 
 def hf_tensor_shapes(cfg: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    # Real weights are written for the llama-like layouts only; gemma2/phi3 bases (2.6B-3.8B) are checked
+    # as paper artifacts, and their tiny real models come from tests/tiny_models.py.
+    if cfg["model_type"] not in ("llama", "mistral", "qwen2"):
+        raise ValueError(f"write_shaped_model has no tensor layout for {cfg['model_type']}")
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd

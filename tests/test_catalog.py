@@ -179,3 +179,87 @@ def test_reads_metadata_inside_a_tar_and_rejects_other_files(tmp_path):
         read_library_metadata(tmp_path / "missing.wasm")
     with pytest.raises(LibraryMetadataError):
         metadata_from_bytes(b'{"model_type": "llama", "params": ')  # truncated JSON
+
+
+# ----------------------------------------------------------------------------- the new architectures' bases
+NEW_BASES = [("gemma-2-2b-it", "q4f16_1"), ("gemma-2-2b-it", "q4f32_1"), ("gemma-2-9b-it", "q4f16_1"),
+             ("gemma3-1b-it", "q4f16_1"), ("Phi-3-mini-4k-instruct", "q4f16_1"),
+             ("Phi-3.5-mini-instruct", "q4f16_1"), ("Phi-3.5-mini-instruct", "q4f32_1"),
+             ("Phi-4-mini-instruct", "q4f16_1"), ("Phi-4-mini-instruct", "q4f32_1"), ("Qwen3-0.6B", "q4f16_1"),
+             ("Qwen3-0.6B", "q0f16"), ("Qwen3-1.7B", "q4f32_1"), ("Qwen3-4B", "q4f16_1"),
+             ("Qwen3-8B", "q4f16_1")]
+
+
+@pytest.mark.parametrize("base,quant", NEW_BASES, ids=lambda x: x)
+def test_a_new_architecture_base_finds_its_library_at_add(base, quant):
+    """`add`'s choice (fit_prebuilt) for a full-shape config with the base's published values: the
+    catalog's library of that base, newest directory, with MLC's context 4096 and prefill chunk 1024."""
+    from personalize.arch import get_architecture
+    from personalize.prebuilt import fit_prebuilt
+
+    cfg = hf_config(base)
+    config, record = fit_prebuilt(get_architecture(cfg["model_type"]).library_config(cfg), quant)
+    assert record["library"] is not None, record.get("reason")
+    assert record["base_model"] == base and record["quantization"] == quant
+    assert record["library"].startswith("v0_2_86/base/") and record["url"].endswith(f"/{base}-{quant}_cs1k-webgpu.wasm")
+    # Gemma 3's chunk is capped at its 512-token sliding window (prebuilt.with_limits); a chunk smaller than
+    # the library's compiled 1024 runs (check --lib accepts it), a larger one would not.
+    chunk = 512 if cfg["model_type"] == "gemma3_text" else 1024
+    assert (record["context_window_size"], config.context_window_size, config.prefill_chunk_size) == (4096, 4096, chunk)
+
+
+@pytest.mark.parametrize("base,change,field", [
+    ("gemma-2-2b-it", {"attn_logit_softcapping": 40.0}, "attn_logit_softcapping"),
+    ("gemma-2-2b-it", {"final_logit_softcapping": None}, "final_logit_softcapping"),
+    ("gemma-2-2b-it", {"query_pre_attn_scalar": 224}, "query_pre_attn_scalar"),
+    ("gemma-2-2b-it", {"sliding_window": 2048}, "sliding_window"),
+    ("gemma3-1b-it", {"rope_local_base_freq": 20000.0}, "rope_local_base_freq"),
+    ("gemma3-1b-it", {"sliding_window": 1024}, "sliding_window"),
+    ("Phi-3.5-mini-instruct", {"rms_norm_eps": 1e-6}, "norm_eps"),
+    ("Phi-3.5-mini-instruct", {"rope_theta": 20000.0}, "rope_theta"),
+    ("Phi-4-mini-instruct", {"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ("Qwen3-0.6B", {"rms_norm_eps": 1e-5}, "norm_eps"),
+])
+def test_a_new_architecture_compiled_in_difference_finds_no_library(base, change, field):
+    from personalize.arch import get_architecture
+
+    cfg = hf_config(base, **change)
+    mc = get_architecture(cfg["model_type"]).library_config(cfg).model_config
+    assert find_libraries(cfg["model_type"], mc, "q4f16_1") == []
+    reason = why_no_library(cfg["model_type"], mc, "q4f16_1")
+    assert f"it has the shapes of {base}" in reason and field in reason, reason
+
+
+def test_phi35_without_longrope_is_phi3_mini_4k():
+    """Phi-3.5-mini and Phi-3-mini-4k share every shape; LongRoPE is what tells their libraries apart
+    (the context length is a runtime value, not compiled in)."""
+    from personalize.arch import get_architecture
+
+    for scaling, base in (("keep", "Phi-3.5-mini-instruct"), (None, "Phi-3-mini-4k-instruct")):
+        changes = {} if scaling == "keep" else {"rope_scaling": None}
+        mc = get_architecture("phi3").library_config(hf_config("Phi-3.5-mini-instruct", **changes)).model_config
+        assert {x.base_model for x in find_libraries("phi3", mc, "q4f16_1")} == {base}
+
+
+def test_phi3_libraries_compile_no_sliding_window():
+    """Phi-3's config.json names a sliding window (2047, 262144) that MLC's phi3 model ignores: its
+    library's metadata says -1, and so the catalog records none."""
+    meta = json.loads((DATA / "metadata" / "Phi-3.5-mini-instruct-q4f32_1-ctx4k_cs1k-webgpu.json").read_text())
+    assert meta["sliding_window_size"] == -1
+    assert {lib.config["sliding_window"] for lib in libraries() if lib.model_type == "phi3"} == {None}
+
+
+@pytest.mark.parametrize("base", sorted({lib.base_model for lib in libraries()}))
+def test_the_architecture_definition_and_the_leaf_catalog_agree(base):
+    """`add` compares through the architecture definition (prebuilt.catalog_view: tying from the layout's
+    head); `share`, a leaf, reads the artifact's model_config alone. Both must see the same values, and
+    the catalog's symbolic-vocab flag must be the architecture's."""
+    from personalize.arch import ARCHITECTURES
+    from personalize.prebuilt import catalog_view
+
+    lib = next(x for x in libraries() if x.base_model == base)
+    assert lib.model_type in ARCHITECTURES  # every catalogued architecture is one personalize converts
+    model_type, mc = library_config(base)
+    assert normalize_config(model_type, mc) == normalize_config(model_type, catalog_view(model_type, mc))
+    config = ARCHITECTURES[model_type].library_config(hf_config(base))
+    assert lib.symbolic_vocab == config.symbolic_vocab

@@ -2,9 +2,11 @@
 
 Real weights: a Qwen2-0.5B-shaped random model (tests/shaped_models.py) converted by `personalize add`
 and checked against MLC's real v0_2_48 .wasm files (slow: ~1 GB written once per session, ~40 s per add).
-Paper artifacts: for every metadata file of a supported architecture, an artifact's records and chat
-config as `add` writes them, without weight bytes (see shaped_models.py for what that proves), checked
-against a library file that embeds exactly MLC's metadata.
+Paper artifacts: for every metadata file of a supported architecture (llama, mistral, qwen2, gemma2,
+phi3), an artifact's records and chat config as `add` writes them, without weight bytes (see
+shaped_models.py for what that proves), checked against a library file that embeds exactly MLC's
+metadata. The new architectures' real-weight path is covered by tiny random models (no library fits
+them, by design) rather than by a 2.6B-3.8B full-shape model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tests.shaped_models import hf_config, write_paper_artifact, write_shaped_mo
 DATA = Path(__file__).parent / "data" / "prebuilt"
 WASM_Q4F32 = DATA / "v0_2_48" / "Qwen2-0.5B-Instruct-q4f32_1-ctx4k_cs1k-webgpu.wasm"
 WASM_Q0F32 = DATA / "v0_2_48" / "Qwen2-0.5B-Instruct-q0f32-ctx4k_cs1k-webgpu.wasm"
-SUPPORTED = {"llama", "mistral", "qwen2"}
+SUPPORTED = {"llama", "mistral", "qwen2", "gemma2", "phi3"}
 SUPPORTED_METADATA = [p for p in sorted((DATA / "metadata").glob("*.json"))
                       if json.loads(p.read_text())["model_type"] in SUPPORTED]
 
@@ -157,10 +159,15 @@ def test_paper_artifact_of_the_base_fits_each_mlc_library(meta_path, tmp_path):
     code, doc, err = check(art, lib, *extra)
     assert code == 0, (err, doc.get("mismatches"))
     assert doc["metadata"]["params"] == len(meta["params"])
+    if not extra:  # the compiled-in values were checked against this very base's catalog entry (Phi-4-mini's
+        # ctx4k file predates WebLLM's records of it: found by its metadata, not its name)
+        assert doc["reference"]["base_model"] == base
+        assert doc["reference"]["source"] in ("catalog (file name)", "catalog (library metadata)")
 
 
 @pytest.mark.parametrize("base,quant", [("Mistral-7B-Instruct-v0.3", "q4f16_1"), ("Qwen2-7B-Instruct", "q4f32_1"),
-                                        ("Llama-3.2-1B-Instruct", "q0f16")])
+                                        ("Llama-3.2-1B-Instruct", "q0f16"), ("gemma-2-2b-it", "q4f16_1"),
+                                        ("Phi-4-mini-instruct", "q4f32_1")])
 def test_one_layer_less_is_named_and_nothing_else(base, quant, tmp_path):
     """Control for the paper artifacts: the comparison sees a shape difference, and only that one."""
     meta_path = DATA / "metadata" / f"{base}-{quant}-ctx4k_cs1k-webgpu.json"
@@ -170,7 +177,7 @@ def test_one_layer_less_is_named_and_nothing_else(base, quant, tmp_path):
     code, doc, _ = check(art, library_file(tmp_path, meta_path))
     assert code == 1
     missing = {f for f in fields(doc) if f.startswith("params.")}
-    assert missing and all(f".layers.{layers - 1}." in f for f in missing)
+    assert missing and all(f".layers.{layers - 1}." in f or f".h.{layers - 1}." in f for f in missing)
     assert fields(doc) - missing == {"model_config.num_hidden_layers"}
 
 
@@ -270,3 +277,65 @@ def test_lib_by_url_is_downloaded(tmp_path):
         assert code == 2 and "cannot download" in err
     finally:
         server.shutdown()
+
+
+# ----------------------------------------------------------------------------- the new architectures
+NEW_ARCH_LIBRARIES = [("gemma-2-2b-it", "q4f16_1"), ("gemma-2-2b-it", "q4f32_1"), ("Phi-3.5-mini-instruct", "q4f32_1"),
+                      ("Phi-4-mini-instruct", "q4f32_1")]
+
+
+@pytest.mark.parametrize("base,quant", NEW_ARCH_LIBRARIES)
+def test_new_arch_paper_artifact_finds_the_catalog_library_and_share_names_it(base, quant, home):
+    """`add`'s choice for a full-shape base (no --prefill-chunk given: the catalog decides), checked against
+    MLC's embedded metadata of that base, and `share --json` names the catalog's URL with context 4096."""
+    from catalog import find_by_file
+
+    name = f"{base.lower()}-{quant}"
+    art = write_paper_artifact(home / "artifacts" / name, hf_config(base), quant)
+    lineage = json.loads((art / "personalize.json").read_text())
+    lib = lineage["prebuilt_library"]
+    assert lib["base_model"] == base and lib["url"].endswith(f"/v0_2_86/base/{base}-{quant}_cs1k-webgpu.wasm")
+    chat = json.loads((art / "mlc-chat-config.json").read_text())
+    assert (chat["context_window_size"], chat["prefill_chunk_size"]) == (4096, 1024)
+    meta_path = DATA / "metadata" / f"{base}-{quant}-ctx4k_cs1k-webgpu.json"
+    code, doc, err = check(art, library_file(home, meta_path))
+    assert code == 0, (err, doc.get("mismatches"))
+    code, out, err = run_cli("share", name, "--repo", "me/ft", "--json")
+    assert code == 0, err
+    rec = json.loads(out)["webllm"]["model_record"]
+    assert rec["model_lib"] == lib["url"] and rec["overrides"] == {"context_window_size": 4096}
+    (entry,) = [x for x in find_by_file(rec["model_lib"]) if x.url == rec["model_lib"]]
+    assert entry.base_model == base and entry.quantization == quant
+
+
+@pytest.mark.parametrize("base,change,field", [("gemma-2-2b-it", {"attn_logit_softcapping": 40.0},
+                                                "model_config.attn_logit_softcapping"),
+                                               ("Phi-4-mini-instruct", {"partial_rotary_factor": 0.5},
+                                                "model_config.partial_rotary_factor")])
+def test_new_arch_compiled_in_value_is_named_by_check(base, change, field, tmp_path):
+    """Same shapes, one compiled-in value the metadata does not carry: only the catalog entry catches it."""
+    meta_path = DATA / "metadata" / f"{base}-q4f32_1-ctx4k_cs1k-webgpu.json"
+    art = write_paper_artifact(tmp_path / "art", hf_config(base, **change), "q4f32_1", prefill_chunk=1024)
+    code, doc, _ = check(art, library_file(tmp_path, meta_path))
+    assert code == 1 and fields(doc) == {field}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen3", "tiny_gemma2", "tiny_gemma3", "tiny_phi3"])
+def test_tiny_new_arch_add_has_no_prebuilt_library_and_says_why(fixture, request, tmp_path):
+    """A real `add` of a tiny random model of each new architecture: no MLC library has its shapes, which
+    personalize.json records in one plain sentence; checked against the full-shape library, the shapes
+    are what `check --lib` names."""
+    model = request.getfixturevalue(fixture)
+    model_type = json.loads((model / "config.json").read_text())["model_type"]
+    code, _, err = add(model, tmp_path / "art", "q4f16_1")
+    assert code == 0, err
+    lineage = json.loads((tmp_path / "art" / "personalize.json").read_text())
+    record = lineage["prebuilt_library"]
+    assert record["library"] is None
+    assert record["reason"].startswith(f"no MLC prebuilt WebGPU library for {model_type} with hidden ")
+    assert "mlc_llm compile" in record["reason"]
+    full = {"gemma2": "gemma-2-2b-it-q4f16_1", "phi3": "Phi-4-mini-instruct-q4f32_1"}.get(model_type)
+    if full:
+        code, doc, _ = check(tmp_path / "art", library_file(tmp_path, DATA / "metadata" / f"{full}-ctx4k_cs1k-webgpu.json"))
+        assert code == 1 and "model_config.hidden_size" in fields(doc)
+        assert any(f.startswith("params.") and f.endswith(".shape") for f in fields(doc))

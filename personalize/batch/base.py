@@ -28,11 +28,14 @@ class BaseArtifact:
     added: bool  # True when this batch converted it
     library: str | None = None  # the compiled library's path (when a gate needs it)
     catalog: dict = field(default_factory=dict)
+    context_window: int | None = None  # as the base artifact was sized (the catalog's library, if one fits)
+    prefill_chunk: int | None = None
 
     def to_json(self) -> dict:
         return {"quantization": self.quantization, "name": self.name, "path": str(self.path),
                 "content_sha256": self.content_sha256, "library_key": self.library_key, "added": self.added,
-                "library": self.library, "catalog": self.catalog}
+                "library": self.library, "catalog": self.catalog, "context_window": self.context_window,
+                "prefill_chunk": self.prefill_chunk}
 
 
 @dataclass
@@ -92,7 +95,11 @@ def base_artifact(manifest: Manifest, registry: Registry, model_dir: Path, quant
     lineage = Artifact(found).lineage
     content = (lineage.get("source") or {}).get("content_sha256") or source_content_sha256(model_dir)
     name = found.name if found.parent.resolve() == registry.artifacts_dir.resolve() else None
-    return BaseArtifact(quantization, name, Path(found), content, lineage.get("library_key", ""), added)
+    chat = Artifact(found).chat_config
+    limits = [chat.get(k) for k in ("context_window_size", "prefill_chunk_size")]
+    ctx, chunk = (int(v) if isinstance(v, int) and v > 0 else None for v in limits)
+    return BaseArtifact(quantization, name, Path(found), content, lineage.get("library_key", ""), added,
+                        context_window=ctx, prefill_chunk=chunk)
 
 
 def compile_once(artifact_dir: Path, quantization: str, device: str, log: Callable[[str], None]) -> Path:
@@ -106,11 +113,11 @@ def compile_once(artifact_dir: Path, quantization: str, device: str, log: Callab
 
 
 def consult_catalog(artifact_dir: Path, quantization: str) -> dict:
-    """MLC's prebuilt library for this base and quantization, from the library catalog: asked once per
-    batch, the answer goes to every job (Job.prebuilt) and into the batch report.
-
-    The seam for the prebuilt-libraries catalog (`personalize.prebuilt.fit_prebuilt`); until that module
-    is in this build the answer says so and the jobs convert as `add` does."""
+    """MLC's prebuilt library for this base and quantization, from the library catalog
+    (`personalize.prebuilt.fit_prebuilt`): asked once per batch here, the answer goes into the report
+    and every job gets the base's context window and prefill chunk (which the catalog chose when the
+    base was added), so all variants share the base's library. (The add pipeline still looks the
+    catalog up inside plan_conversion; a `prebuilt=` argument there would make this the only lookup.)"""
     try:
         from personalize.prebuilt import fit_prebuilt
     except ImportError:

@@ -41,6 +41,10 @@ class Job:
     # The library catalog's answer for this base and quantization, resolved once by the parent
     # (personalize/batch/base.py consult_catalog); handed to the add pipeline when it takes one.
     prebuilt: dict | None = None
+    # The base artifact's context window and prefill chunk (as the catalog sized it): every variant gets
+    # the same, so all run on the base's one library.
+    context_window: int | None = None
+    prefill_chunk: int | None = None
 
 
 @dataclass
@@ -137,9 +141,8 @@ def _convert(job: Job, registry, say: EventFn, force: bool) -> Path:
 
     from personalize.add import add_source
 
-    extra = {}
-    if job.prebuilt is not None and "prebuilt" in inspect.signature(add_source).parameters:
-        extra["prebuilt"] = job.prebuilt  # the catalog answer, so the pipeline does not look it up again
+    accepted = inspect.signature(add_source).parameters
+    extra = {k: getattr(job, k) for k in ("context_window", "prefill_chunk") if k in accepted and getattr(job, k)}
     result = add_source(job.source, quantization=job.quantization, name=job.name, base=job.base,
                         force_base=job.force_base, conv_template=job.conv_template, force=force,
                         evaluate=job.evaluate, device=job.device, scales=job.scales, registry=registry,

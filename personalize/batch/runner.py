@@ -219,7 +219,8 @@ def plan(manifest: Manifest, base: PreparedBase, registry: Registry, log: Delive
         jobs.append(Job(index=index, key=key, source=hub_source or local, name=name, quantization=v.quantization,
                         home=str(registry.home), base=str(base.model_dir), mode=mode, evaluate=v.evaluate,
                         scales=manifest.scales, device=manifest.device, conv_template=v.conv_template,
-                        force=manifest.force, force_base=manifest.force_base, prebuilt=art.catalog or None))
+                        force=manifest.force, force_base=manifest.force_base, prebuilt=art.catalog or None,
+                        context_window=art.context_window, prefill_chunk=art.prefill_chunk))
         o.mode = mode
     return outcomes, jobs
 
