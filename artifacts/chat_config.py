@@ -16,7 +16,7 @@ from typing import Any
 
 from .conv_detect import Detection, detect_conv_template, tokenizer_facts, tokenizer_render
 from .conv_template import named_template
-from .errors import ChatConfigError
+from .errors import ChatConfigError, ConvTemplateError
 from .files import read_json_object, write_json_atomic
 from .format import (
     CHAT_TEMPLATE_JINJA,
@@ -25,6 +25,7 @@ from .format import (
     MLC_CHAT_CONFIG_JSON,
     MLC_CHAT_CONFIG_VERSION,
     MLC_TOKENIZER_FILES,
+    TOKENIZER_CONFIG_JSON,
     TOKENIZER_JSON,
     TOKENIZER_MODEL,
 )
@@ -148,7 +149,17 @@ def choose_conv_template(source_dir: Path, *, conv_template: str | None = None, 
         conv = named_template("LM").replace(system_prefix_token_ids=[int(bos)] if isinstance(bos, int) else None,
                                             stop_token_ids=list(eos_token_ids))
         return Detection(conv=conv, method="no_tokenizer" if tokenizer is None else "no_chat_template", named="LM")
-    return detect_conv_template(tokenizer_render(tokenizer), tokenizer_facts(tokenizer, eos_token_ids))
+    try:
+        return detect_conv_template(tokenizer_render(tokenizer), tokenizer_facts(tokenizer, eos_token_ids))
+    except ConvTemplateError as exc:
+        if exc.path is None:  # name the file the template comes from
+            exc.path = str(_chat_template_file(source_dir))
+        raise
+
+
+def _chat_template_file(source_dir: Path) -> Path:
+    jinja = source_dir / CHAT_TEMPLATE_JINJA
+    return jinja if jinja.is_file() else source_dir / TOKENIZER_CONFIG_JSON
 
 
 def build_chat_config(*, model_type: str, quantization: str, model_config: dict[str, Any], source_dir: Path,

@@ -33,6 +33,14 @@ _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 HINT = "use the config.json the model was trained and saved with"
 
+# RoPE scaling kinds and the numbers each needs (transformers refuses the config without them, so the
+# tokenizer and chat template could not be read either; the library would compile garbage).
+ROPE_REQUIRED = {
+    "default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor"), "su": ("short_factor", "long_factor"),
+}
+
 
 def check_config(config: dict[str, Any], path: Path, tensor_shapes: dict[str, tuple[int, ...]]) -> None:
     """Types and sizes of config.json (`path`) against the checkpoint's tensors (name -> shape)."""
@@ -64,6 +72,9 @@ def check_config(config: dict[str, Any], path: Path, tensor_shapes: dict[str, tu
     params = config.get("rope_parameters")
     if params is not None and not isinstance(params, dict):
         raise bad(f"rope_parameters must be an object or null, got {params!r}")
+    for key, rope in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if rope:
+            _check_rope(key, rope, bad)
 
     heads, kv = config.get("num_attention_heads"), config.get("num_key_value_heads")
     if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
@@ -95,6 +106,19 @@ def _check_against_tensors(config: dict[str, Any], shapes: dict[str, tuple[int, 
         raise bad(f"num_attention_heads * head_dim = {heads * head_dim} exceeds every tensor dimension "
                   f"in the weights (largest {widest})",
                   hint="the config does not belong to these weights; use the matching config.json")
+
+
+def _check_rope(key: str, rope: dict[str, Any], bad) -> None:
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ROPE_REQUIRED:
+        raise bad(f"{key}.rope_type {kind!r} is not one of {', '.join(sorted(ROPE_REQUIRED))}")
+    for field in ROPE_REQUIRED[kind]:
+        value = rope.get(field)
+        ok = (isinstance(value, list) and value and all(_number(v) and v > 0 for v in value)) \
+            if field.endswith("_factor") and kind in ("longrope", "su") else (_number(value) and value > 0)
+        if not ok:
+            raise bad(f"{key} of type {kind!r} needs a positive {field}"
+                      + (" list" if kind in ("longrope", "su") else "") + f", got {value!r}")
 
 
 def layer_indices(names: Iterable[str]) -> set[int]:

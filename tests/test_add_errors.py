@@ -271,6 +271,8 @@ def test_malformed_safetensors_header(home, model, case):
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),
     ({"model_type": ["llama"]}, "model_type"),
     ({"eos_token_id": "</s>"}, "eos_token_id"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": None}}, "factor"),  # found by the fuzzer
+    ({"rope_scaling": {"rope_type": "weird"}}, "rope_type"),
 ])
 def test_bad_config_sizes_name_config_json(home, model, change, key):
     write_config(model, **change)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from personalize.arch import get_architecture, library_key
+from personalize.prebuilt import fit_prebuilt
 from personalize.library import library_config_from_chat_config
 from personalize.library.build import export, graph_params
 from quantize import SCHEMES, get_scheme, library_params
@@ -76,7 +77,11 @@ def test_library_config_round_trips_through_chat_config(fixture, request, tmp_pa
     art = add_source(src, evaluate=False, quantization="q4f16_1", output=tmp_path / "a").path
     chat = json.loads((art / "mlc-chat-config.json").read_text())
     hf = json.loads((src / "config.json").read_text())
-    direct = get_architecture(hf["model_type"]).library_config(hf)
+    # what add compiles: the architecture's config, sized for the fitting prebuilt library (none for these
+    # tiny shapes), its prefill chunk never beyond the attention window
+    direct, prebuilt = fit_prebuilt(get_architecture(hf["model_type"]).library_config(hf), "q4f16_1")
+    assert prebuilt["library"] is None
+    assert direct.prefill_chunk_size <= direct.context_window_size
     rebuilt = library_config_from_chat_config(chat)
     assert rebuilt == direct
     assert library_key(rebuilt, "q4f16_1") == json.loads((art / "personalize.json").read_text())["library_key"]
