@@ -62,39 +62,32 @@ def smollm2_lora(tmp_path_factory, smollm2_dir) -> Path:
                              threads=LORA_THREADS, seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", "llama", tied=True)
-    add_chatml_tokenizer(d)
-    return d
+# The tiny random models (tests/tiny_models.py), one session fixture each: name -> (model_type, options).
+# Gemma norms sit on a 1/32 grid so their stored `norm + 1` is exact in bf16.
+TINY_MODELS = {
+    "tiny_llama": ("llama", dict(tied=True)),
+    "tiny_llama_untied": ("llama", dict(tied=False, seed=1)),
+    "tiny_mistral": ("mistral", dict(seed=2)),
+    "tiny_qwen2": ("qwen2", dict(tied=True, seed=3)),
+    "tiny_qwen3": ("qwen3", dict(tied=True, seed=4)),
+    "tiny_gemma2": ("gemma2", dict(tied=True, seed=5, norm_grid=1 / 32)),
+    "tiny_phi3": ("phi3", dict(tied=False, seed=6)),
+    "tiny_gemma3": ("gemma3_text", dict(tied=True, seed=7, norm_grid=1 / 32)),
+}
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_untied(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama-untied", "llama", tied=False, seed=1)
-    add_chatml_tokenizer(d)
-    return d
+def _tiny_model_fixture(name: str, model_type: str, options: dict):
+    @pytest.fixture(scope="session", name=name)
+    def fixture(tmp_path_factory) -> Path:
+        d = make_tiny_model(tmp_path_factory.mktemp("tiny") / name.replace("_", "-"), model_type, **options)
+        add_chatml_tokenizer(d)
+        return d
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def tiny_mistral(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-mistral", "mistral", seed=2)
-    add_chatml_tokenizer(d)
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen2(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2", "qwen2", tied=True, seed=3)
-    add_chatml_tokenizer(d)
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen3", "qwen3", tied=True, seed=4)
-    add_chatml_tokenizer(d)
-    return d
+for _name, (_model_type, _options) in TINY_MODELS.items():
+    globals()[_name] = _tiny_model_fixture(_name, _model_type, _options)
 
 
 def run_cli(*args: str, env: dict | None = None):
@@ -108,24 +101,3 @@ def run_cli(*args: str, env: dict | None = None):
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.fixture(scope="session")
-def tiny_gemma2(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma2", "gemma2", tied=True, seed=5,
-                        norm_grid=1 / 32)
-    add_chatml_tokenizer(d)
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_phi3(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-phi3", "phi3", tied=False, seed=6)
-    add_chatml_tokenizer(d)
-    return d
-
-
-@pytest.fixture(scope="session")
-def tiny_gemma3(tmp_path_factory) -> Path:
-    d = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma3", "gemma3_text", tied=True, seed=7,
-                        norm_grid=1 / 32)
-    add_chatml_tokenizer(d)
-    return d
